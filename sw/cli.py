@@ -1,0 +1,268 @@
+"""The ``qpsnn`` command line. Every user error is one line on stderr and exit code 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import QpsnnError
+
+EXIT_USAGE = 2
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1): it is the fraction of channels removed")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _list_of(kind, check=None):
+    def parse(text: str):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise argparse.ArgumentTypeError(f"bad list {text!r}: {exc}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        for v in values:
+            if check:
+                check(v)
+        return values
+    return parse
+
+
+def _check_bits(v: int) -> None:
+    if v not in (2, 4, 8):
+        raise argparse.ArgumentTypeError(f"bits {v} is not one of 2, 4, 8")
+
+
+def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    from .datasets import NAMES
+
+    p.add_argument("--dataset", default=default, metavar="D",
+                   help=f"data set: {', '.join(NAMES)}" + (f" (default {default})" if default else " (default: the one the model was trained on)"))
+    p.add_argument("--data-path", metavar="PATH", help="folder of the local files for mnist-idx and cifar10")
+
+
+def _add_training(p: argparse.ArgumentParser) -> None:
+    _add_data(p)
+    p.add_argument("--spec", help="architecture, e.g. c16-p2-c32-p2-fc10 (default: the data set's)")
+    p.add_argument("--bits", type=int, default=4, choices=(2, 4, 8), help="hidden-layer weight bits (default 4)")
+    p.add_argument("--prune", type=_fraction, default=0.5, help="fraction of conv channels removed (default 0.5)")
+    p.add_argument("--quant", choices=("rescaw", "uniform", "float"), default="rescaw")
+    p.add_argument("--criterion", choices=("svs", "l1"), default="svs")
+    p.add_argument("--timesteps", type=_positive, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=_positive, default=40, help="QAT epochs before pruning (default 40)")
+    p.add_argument("--finetune-epochs", type=int, default=20, help="quantized fine-tuning epochs after pruning")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--svs-samples", type=_positive, default=64, help="training images SVS scores on (default 64)")
+    p.add_argument("--svs-eps", type=float, default=0.1, help="singular values above eps * largest count (default 0.1)")
+    p.add_argument("--lanes", type=_positive, default=8, help="P: weight codes per memory word in the file (default 8)")
+    p.add_argument("--augment", action="store_true", help="random +-2 pixel shifts while training")
+
+
+def _config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(dataset=args.dataset, data_path=args.data_path, spec=args.spec, bits=args.bits, prune=args.prune,
+                       quant=args.quant, criterion=args.criterion, timesteps=args.timesteps, seed=args.seed,
+                       epochs=args.epochs, finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
+                       svs_samples=args.svs_samples, svs_eps=args.svs_eps, lanes=args.lanes, augment=args.augment)
+
+
+def _train_and_export(cfg, out: Path, resume: bool, quiet: bool = False) -> dict:
+    from .evaluate import evaluate
+    from .progress import Reporter
+    from .spec import parse_spec
+    from .train import Trainer, float_accuracy
+
+    parse_spec(cfg.resolved_spec())  # a bad spec fails before any data is loaded
+    reporter = Reporter(quiet=quiet)
+    trainer = Trainer(cfg, out, reporter)
+    model, state = trainer.run(resume=resume)
+    if trainer.cfg.quant == "float":
+        acc = float_accuracy(model, trainer.data.test.images, trainer.data.test.labels)
+        raise QpsnnError(f"float model trained (test accuracy {acc:.2f} %); a float model has no integer export")
+    acc_float = float_accuracy(model, trainer.data.test.images, trainer.data.test.labels)
+    trainer.export(model, state, acc_float)
+    trainer.cleanup()
+    return evaluate(out, trainer.cfg.dataset, trainer.cfg.data_path)
+
+
+def _print_summary(metrics: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("dataset", "samples", "accuracy_int", "accuracy_float", "weight_bytes", "file_bytes",
+                "spikes_per_sample", "sops_per_sample"):
+        table.add_row(key, str(metrics.get(key)))
+    Console().print(table)
+
+
+def cmd_demo(args) -> int:
+    from .train import TrainConfig
+
+    cfg = TrainConfig(seed=args.seed)
+    out = Path(args.out)
+    metrics = _train_and_export(cfg, out, resume=False)
+    _print_summary(metrics, f"qpsnn demo: digits, 4-bit, 50 % pruned, ReScaW + SVS -> {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    metrics = _train_and_export(_config(args), Path(args.out), args.resume, quiet=args.json)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        _print_summary(metrics, f"trained -> {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.file, args.dataset, args.data_path, args.samples)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        _print_summary(metrics, f"evaluation of {args.file}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import modelfile
+
+    manifest = modelfile.read_manifest(args.file)
+    if args.weights:
+        net = modelfile.load(args.file)
+        for entry, layer in zip(manifest["layers"], net.layers):
+            entry["weights"] = layer.weights().tolist()
+    if args.json:
+        print(json.dumps(manifest))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{args.file}[/]: qpsnn {'.'.join(map(str, manifest['version']))}, input {manifest['input']['shape']}, "
+                  f"T={manifest['timesteps']}, {manifest['classes']} classes, {manifest['lanes']} lanes, "
+                  f"leak >>{manifest['neuron']['leak_shift']}, reset {manifest['neuron']['reset']}")
+    table = Table()
+    for col in ("layer", "in", "out", "bits", "shift", "kept", "threshold", "bias", "V bits", "weight bytes"):
+        table.add_column(col)
+    sizes = {s["name"]: s["bytes"] for s in manifest["sections"]}
+    for e in manifest["layers"]:
+        th = e["threshold"]
+        table.add_row(e["name"], str(e["in_shape"]), str(e["out_shape"]) + (f" pool {e['pool']}" if e["pool"] > 1 else ""),
+                      str(e["bits"]), str(e["weight_shift"]), f"{len(e['kept_channels'])}",
+                      "—" if th is None else f"{min(th)}..{max(th)}", f"{min(e['bias'])}..{max(e['bias'])}",
+                      str(e["membrane_bits"]), str(sizes[e["section"]]))
+    console.print(table)
+    prov = manifest.get("provenance", {})
+    if prov:
+        console.print(f"provenance: spec {prov.get('spec')} (from {prov.get('original_spec')}), "
+                      f"config {json.dumps(prov.get('config'))}")
+    if args.weights:
+        for e in manifest["layers"]:
+            console.print(f"{e['name']} weights: {e['weights']}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import run_ablation
+    from .train import TrainConfig
+
+    base = TrainConfig(dataset=args.dataset, data_path=args.data_path, epochs=args.epochs,
+                       finetune_epochs=args.finetune_epochs, timesteps=args.timesteps)
+    out = Path(args.out)
+    run_ablation(base, args.bits, args.prune, args.seeds, out)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_weight_kb.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qpsnn", description="Quantized and pruned SNNs, from training to an FPGA accelerator.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train the default digits model (4-bit, 50%% pruned), export, evaluate")
+    p.add_argument("--out", default="model.qpsnn", help="model file to write (default model.qpsnn)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train, prune, fine-tune and export a QP-SNN")
+    _add_training(p)
+    p.add_argument("--out", default="model.qpsnn", help="model file to write; the checkpoint is OUT.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.ckpt")
+    p.add_argument("--json", action="store_true", help="print the evaluation as JSON only")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="integer (golden) accuracy and costs of a model file")
+    p.add_argument("file")
+    _add_data(p, default=None)
+    p.add_argument("--samples", type=_positive, help="only the first N test images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="show a model file's manifest")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--weights", action="store_true", help="include the integer weights")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("ablate", help="float / uniform+L1 / +ReScaW / +SVS / ReScaW+SVS over bits, ratios, seeds")
+    _add_data(p)
+    p.add_argument("--bits", type=_list_of(int, _check_bits), default=[2, 4])
+    p.add_argument("--prune", type=_list_of(_fraction), default=[0.5, 0.75])
+    p.add_argument("--seeds", type=_positive, default=3)
+    p.add_argument("--epochs", type=_positive, default=40)
+    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--timesteps", type=_positive, default=4)
+    p.add_argument("--out", default="runs/ablate")
+    p.set_defaults(func=cmd_ablate)
+
+    for register in _EXTENSIONS:
+        register(sub)
+    return parser
+
+
+_EXTENSIONS: list = []  # later parts (sim, host link, build) add their subcommands here
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except QpsnnError as exc:
+        print(f"qpsnn: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        hint = " (continue with --resume)" if args.command == "train" else ""
+        print(f"qpsnn: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Evaluate a `.qpsnn` file: integer (golden) accuracy, and the float model's when its checkpoint is beside it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import modelfile
+from .datasets import Dataset, load_dataset
+from .errors import DatasetError
+from .golden import run_golden
+from .intnet import IntNet
+from .packing import packed_size
+from .train import float_accuracy, load_float_checkpoint
+
+
+def weight_bytes(net: IntNet) -> int:
+    return sum(packed_size(*layer.weight_rows().shape, layer.bits, net.lanes) for layer in net.layers)
+
+
+def dataset_for(net: IntNet, name: str | None, path: str | None) -> Dataset:
+    config = net.provenance.get("config", {}) if isinstance(net.provenance, dict) else {}
+    name = name or config.get("dataset")
+    if not name:
+        raise DatasetError("the model file does not say which data set it was trained on: give --dataset")
+    data = load_dataset(name, path or config.get("data_path"))
+    if tuple(data.in_shape) != tuple(net.in_shape):
+        raise DatasetError(f"data set {name} has images {data.in_shape}, the model takes {tuple(net.in_shape)}")
+    return data
+
+
+def evaluate(path: str | Path, dataset: str | None = None, data_path: str | None = None,
+             samples: int | None = None, batch: int = 500) -> dict:
+    path = Path(path)
+    net = modelfile.load(path)
+    data = dataset_for(net, dataset, data_path)
+    images, labels = data.test.images, data.test.labels
+    if samples is not None:
+        images, labels = images[:samples], labels[:samples]
+    correct = spikes = sops = 0
+    for i in range(0, len(images), batch):
+        result = run_golden(net, torch.from_numpy(images[i:i + batch]))
+        correct += int((result.classes == torch.from_numpy(labels[i:i + batch])).sum())
+        spikes += int(result.spikes.sum())
+        sops += int(result.sops.sum())
+    n = max(1, len(images))
+    float_model = load_float_checkpoint(path.with_suffix(".pt"))
+    accuracy_float = None if float_model is None else round(float_accuracy(float_model, images, labels), 4)
+    return {
+        "model": str(path),
+        "dataset": data.name,
+        "samples": len(images),
+        "accuracy_int": round(100.0 * correct / n, 4),
+        "accuracy_float": accuracy_float,
+        "weight_bytes": weight_bytes(net),
+        "file_bytes": path.stat().st_size,
+        "spikes_per_sample": round(spikes / n, 3),
+        "sops_per_sample": round(sops / n, 3),
+    }

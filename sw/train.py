@@ -1,0 +1,258 @@
+"""Training of a QP-SNN: quantization-aware training, one-shot structured pruning, quantized fine-tuning,
+then the integer fold and export. A checkpoint is written after every epoch so ``--resume`` continues an
+interrupted run from the last finished epoch, bit for bit the same as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .datasets import Dataset, load_dataset
+from .errors import QpsnnError
+from .fold import fold
+from .intnet import IntNet
+from .model import QPSNN, QuantConfig
+from .progress import Reporter
+from .pruning import l1_scores, prune, select_channels, svs_scores
+from .spec import DEFAULT_SPECS, parse_spec
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    data_path: str | None = None
+    spec: str | None = None  # None: the data set's default
+    bits: int = 4
+    prune: float = 0.5
+    quant: str = "rescaw"  # rescaw | uniform | float
+    criterion: str = "svs"  # svs | l1
+    timesteps: int = 4
+    seed: int = 0
+    epochs: int = 40
+    finetune_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    svs_samples: int = 64
+    svs_eps: float = 0.1
+    lanes: int = 8
+    augment: bool = False  # random +-2 pixel shifts, for the 28x28 sets
+
+    def resolved_spec(self) -> str:
+        return self.spec or DEFAULT_SPECS.get(self.dataset, DEFAULT_SPECS["digits"])
+
+
+@dataclass
+class TrainState:
+    phase: str = "qat"  # qat -> finetune -> done
+    epoch: int = 0
+    spec: str = ""
+    kept: dict = field(default_factory=dict)  # layer index -> original channel indices
+    history: list = field(default_factory=list)
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(images).float() / 255.0
+
+
+def build_model(cfg: TrainConfig, spec: str, in_shape) -> QPSNN:
+    quant = QuantConfig(mode=cfg.quant, bits=cfg.bits)
+    return QPSNN(parse_spec(spec), in_shape, cfg.timesteps, quant)
+
+
+@torch.no_grad()
+def float_accuracy(model: QPSNN, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        logits = model(to_float(images[i:i + batch]))
+        correct += int((logits.argmax(1) == torch.as_tensor(labels[i:i + batch])).sum())
+    return 100.0 * correct / max(1, len(images))
+
+
+def _shift_batch(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=gen).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def _optimizer(model: QPSNN, cfg: TrainConfig, epochs: int):
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    return opt, sched
+
+
+def _epoch(model, opt, data: Dataset, cfg: TrainConfig, gen: torch.Generator) -> float:
+    model.train()
+    n = len(data.train.labels)
+    order = torch.randperm(n, generator=gen)
+    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
+    total = 0.0
+    for i in range(0, n, cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        if len(idx) < 2:
+            continue
+        x = to_float(images[idx])
+        if cfg.augment:
+            x = _shift_batch(x, gen)
+        loss = F.cross_entropy(model(x), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    return total / n
+
+
+class Trainer:
+    """Runs the phases and owns the checkpoint at ``<out>.ckpt``."""
+
+    def __init__(self, cfg: TrainConfig, out: str | Path, reporter: Reporter | None = None, data: Dataset | None = None):
+        self.cfg, self.out = cfg, Path(out)
+        self.ckpt = self.out.with_name(self.out.name + ".ckpt")
+        self.reporter = reporter or Reporter()
+        self.data = data
+
+    # ------------------------------------------------------------------ checkpoint
+    def _save_ckpt(self, model, opt, sched, state: TrainState, gen: torch.Generator) -> None:
+        payload = {"config": asdict(self.cfg), "state": asdict(state), "model": model.state_dict(),
+                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                   "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+        tmp = self.ckpt.with_name(self.ckpt.name + ".part")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.ckpt)
+
+    def _load_ckpt(self):
+        if not self.ckpt.is_file():
+            raise QpsnnError(f"nothing to resume: no checkpoint {self.ckpt}")
+        try:
+            payload = torch.load(self.ckpt, weights_only=True)
+        except Exception as exc:
+            raise QpsnnError(f"checkpoint {self.ckpt} cannot be read: {exc}") from None
+        return payload
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> tuple[QPSNN, TrainState]:
+        payload = None
+        if resume:
+            payload = self._load_ckpt()
+            self.cfg = TrainConfig(**payload["config"])
+        cfg = self.cfg
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        data = self.data or load_dataset(cfg.dataset, cfg.data_path)
+        self.data = data
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        state = TrainState(spec=cfg.resolved_spec())
+        model = build_model(cfg, state.spec, data.in_shape)
+        opt, sched = _optimizer(model, cfg, cfg.epochs)
+        if payload is not None:
+            state = TrainState(**payload["state"])
+            state.kept = {int(k): v for k, v in state.kept.items()}
+            model = build_model(cfg, state.spec, data.in_shape)
+            model.load_state_dict(payload["model"])
+            opt, sched = _optimizer(model, cfg, cfg.epochs if state.phase == "qat" else cfg.finetune_epochs)
+            opt.load_state_dict(payload["optimizer"])
+            sched.load_state_dict(payload["scheduler"])
+            gen.set_state(payload["rng"])
+            torch.set_rng_state(payload["torch_rng"])
+            self.reporter.log(f"resuming {state.phase} after epoch {state.epoch} from {self.ckpt}")
+
+        if state.phase == "qat":
+            model = self._phase(model, opt, sched, state, gen, cfg.epochs, "train (QAT)" if cfg.quant != "float" else "train (float)")
+            model, state = self._prune(model, state)
+            state.phase, state.epoch = "finetune", 0
+            opt, sched = _optimizer(model, cfg, cfg.finetune_epochs)
+            if cfg.prune > 0 and cfg.finetune_epochs > 0:
+                self._save_ckpt(model, opt, sched, state, gen)
+        if state.phase == "finetune":
+            if cfg.prune > 0:
+                model = self._phase(model, opt, sched, state, gen, cfg.finetune_epochs, "fine-tune")
+            state.phase = "done"
+        return model, state
+
+    def prune_and_finetune(self, model: QPSNN, state: TrainState) -> tuple[QPSNN, TrainState]:
+        """Prune a trained model and fine-tune it (no resume point): used by the ablation's shared QAT runs."""
+        model, state = self._prune(model, state)
+        state.phase, state.epoch = "finetune", 0
+        gen = torch.Generator().manual_seed(self.cfg.seed + 7)
+        opt, sched = _optimizer(model, self.cfg, self.cfg.finetune_epochs)
+        return self._phase(model, opt, sched, state, gen, self.cfg.finetune_epochs, "fine-tune"), state
+
+    def _phase(self, model, opt, sched, state: TrainState, gen, epochs: int, title: str) -> QPSNN:
+        data = self.data
+        with self.reporter.task(title, epochs) as advance:
+            if state.epoch:
+                advance(state.epoch, "resumed")
+            while state.epoch < epochs:
+                loss = _epoch(model, opt, data, self.cfg, gen)
+                sched.step()
+                state.epoch += 1
+                state.history.append({"phase": state.phase, "epoch": state.epoch, "loss": round(loss, 5)})
+                self._save_ckpt(model, opt, sched, state, gen)
+                advance(1, f"loss {loss:.4f}")
+        return model
+
+    def _prune(self, model: QPSNN, state: TrainState) -> tuple[QPSNN, TrainState]:
+        cfg = self.cfg
+        if cfg.prune <= 0:
+            return model, state
+        if cfg.criterion == "svs":
+            gen = torch.Generator().manual_seed(cfg.seed + 1)
+            idx = torch.randperm(len(self.data.train.labels), generator=gen)[:cfg.svs_samples]
+            scores = svs_scores(model, to_float(self.data.train.images[idx.numpy()]), cfg.svs_eps)
+        else:
+            scores = l1_scores(model)
+        keep = select_channels(scores, cfg.prune)
+        pruned = prune(model, keep)
+        state.kept = {i: [int(c) for c in k] for i, k in keep.items()}
+        state.spec = str(pruned.spec)
+        self.reporter.log(f"pruned ({cfg.criterion}, {cfg.prune:.0%}): {model.spec} -> {pruned.spec}")
+        return pruned, state
+
+    # ------------------------------------------------------------------ export
+    def export(self, model: QPSNN, state: TrainState, accuracy_float: float | None = None) -> IntNet:
+        from . import modelfile
+
+        cfg = self.cfg
+        prov = {"qpsnn": _version(), "torch": torch.__version__, "config": asdict(cfg), "spec": state.spec,
+                "original_spec": cfg.resolved_spec(), "history": state.history[-3:],
+                "accuracy_float": accuracy_float}
+        net = fold(model, lanes=cfg.lanes, kept_channels=state.kept, provenance=prov)
+        save_float_checkpoint(model, state, self.out.with_suffix(".pt"))
+        modelfile.save(net, self.out)
+        return net
+
+    def cleanup(self) -> None:
+        self.ckpt.unlink(missing_ok=True)
+
+
+def _version() -> str:
+    from qpsnn import __version__
+
+    return __version__
+
+
+def save_float_checkpoint(model: QPSNN, state: TrainState, path: Path) -> None:
+    """The float model beside the `.qpsnn` file (for ``accuracy_float``); tensors and plain data only."""
+    payload = {"spec": state.spec, "in_shape": list(model.in_shape), "timesteps": model.timesteps,
+               "quant": asdict(model.quant), "state_dict": model.state_dict()}
+    tmp = path.with_name(path.name + ".part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_float_checkpoint(path: Path) -> QPSNN | None:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+        model = QPSNN(parse_spec(payload["spec"]), tuple(payload["in_shape"]), payload["timesteps"],
+                      QuantConfig(**payload["quant"]))
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:
+        raise QpsnnError(f"float checkpoint {path} cannot be read: {exc}") from None
+    model.eval()
+    return model
