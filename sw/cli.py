@@ -72,7 +72,7 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive, default=40, help="QAT epochs before pruning (default 40)")
     p.add_argument("--finetune-epochs", type=int, default=20, help="quantized fine-tuning epochs after pruning")
     p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate, cosine schedule per phase (default 5e-3)")
     p.add_argument("--svs-samples", type=_positive, default=64, help="training images SVS scores on (default 64)")
     p.add_argument("--svs-eps", type=float, default=0.1, help="singular values above eps * largest count (default 0.1)")
     p.add_argument("--lanes", type=_positive, default=8, help="P: weight codes per memory word in the file (default 8)")
@@ -131,7 +131,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    metrics = _train_and_export(_config(args), Path(args.out), args.resume, quiet=args.json)
+    metrics = _train_and_export(_config(args), Path(args.out), args.resume)
     if args.json:
         print(json.dumps(metrics))
     else:

@@ -48,7 +48,7 @@ def fold(model: QPSNN, lanes: int = 8, kept_channels: dict[int, list[int]] | Non
         ishape, oshape = model.shapes[i]
         if spec.kind == "output":
             if not torch.allclose(scale, scale[0].expand_as(scale)):
-                raise QpsnnError("the output layer needs one scale for all classes (rescaw-layer or uniform)")
+                raise QpsnnError("the output layer needs one scale for all classes (maxabs-layer)")
             s = float(scale[0])
             shift = _shift_for(s)
             unit = s / (1 << shift)  # float value of one membrane step

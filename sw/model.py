@@ -27,9 +27,11 @@ class QuantConfig:
         return self.edge_bits if index in (0, count - 1) else self.bits
 
     def layer_mode(self, index: int, count: int) -> str:
-        if self.mode == "rescaw" and index == count - 1:
-            return "rescaw-layer"
-        return self.mode
+        if self.mode == "float":
+            return "float"
+        if index == count - 1:
+            return "maxabs-layer"
+        return "maxabs" if index == 0 else self.mode
 
 
 class QuantLayer(nn.Module):

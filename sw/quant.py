@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 BITS = (2, 4, 8)
-MODES = ("rescaw", "uniform")
+MODES = ("rescaw", "uniform")  # hidden layers; the 8-bit edge layers use "maxabs" / "maxabs-layer"
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -34,9 +34,12 @@ def kernel_gamma(weight: torch.Tensor, mode: str) -> torch.Tensor:
         return torch.ones(shape, dtype=weight.dtype, device=weight.device)
     if mode == "rescaw":
         return weight.abs().flatten(1).mean(1).clamp_min(1e-8).view(shape)
-    if mode == "rescaw-layer":
-        # One gamma for the whole layer: the output layer needs a common scale for its argmax.
-        return weight.abs().mean().clamp_min(1e-8).expand(shape)
+    if mode == "maxabs":
+        # The 8-bit first layer: 255 levels resolve the whole range, so clipping at mean |W| would only lose it.
+        return weight.abs().flatten(1).amax(1).clamp_min(1e-8).view(shape)
+    if mode == "maxabs-layer":
+        # The output layer: one scale for all classes, because the class is an argmax of integer potentials.
+        return weight.abs().amax().clamp_min(1e-8).expand(shape)
     raise ValueError(f"unknown quantization mode {mode!r}")
 
 
@@ -51,9 +54,7 @@ def quantize_codes(weight: torch.Tensor, bits: int, mode: str) -> tuple[torch.Te
 
 def fake_quantize(weight: torch.Tensor, bits: int, mode: str) -> torch.Tensor:
     """The quantized weight in float, differentiable through the STE (clamp passes gradient inside [-1, 1])."""
-    gamma = kernel_gamma(weight, mode)
-    if mode != "uniform":
-        gamma = gamma.detach()
+    gamma = kernel_gamma(weight, mode)  # not detached: gamma is a function of W, its gradient reaches every weight
     n = levels(bits) / 2
     clipped = torch.clamp(weight / gamma, -1, 1)
     return gamma * (_RoundSTE.apply((clipped + 1) * n) / n - 1)

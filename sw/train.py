@@ -36,7 +36,7 @@ class TrainConfig:
     epochs: int = 40
     finetune_epochs: int = 20
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 5e-3
     svs_samples: int = 64
     svs_eps: float = 0.1
     lanes: int = 8
