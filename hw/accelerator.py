@@ -37,7 +37,7 @@ class Accelerator(wiring.Component):
             "res_potentials": Out(signed(V * K)),
             "trace_valid": Out(1), "trace_layer": Out(4), "trace_t": Out(8), "trace_addr": Out(24),
             "trace_lanes": Out(P), "trace_spikes": Out(P), "trace_v": Out(signed(V * P)), "trace_cycle": Out(32),
-            "busy": Out(1),
+            "init_start": In(1), "busy": Out(1),
         })
 
     @classmethod
@@ -69,11 +69,18 @@ class Accelerator(wiring.Component):
         for unit in units:
             m.d.comb += unit.last_t.eq(last_t)
 
-        with m.FSM(name="sequencer"):
+        with m.FSM(name="sequencer") as sequencer:
             with m.State("IDLE"):
                 m.d.sync += [cycle.eq(0), t.eq(0)]
-                with m.If(self.in_valid):
+                with m.If(self.init_start):
+                    m.next = "INIT0"
+                with m.Elif(self.in_valid):
                     m.next = "IN"
+            for i, unit in enumerate(units):  # every membrane to its bias, every stored current to zero
+                with m.State(f"INIT{i}"):
+                    m.d.comb += [unit.fire_en.eq(1), unit.init.eq(1)]
+                    with m.If(unit.fire_done):
+                        m.next = f"INIT{i + 1}" if i + 1 < n else "IDLE"
             with m.State("IN"):
                 m.d.comb += u0.ev_en.eq(1)
                 m.d.sync += cycle.eq(cycle + 1)
@@ -102,7 +109,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += self.res_valid.eq(1)
                 with m.If(self.res_ready):
                     m.next = "IDLE"
-            m.d.comb += self.busy.eq(~self.res_valid & (cycle != 0))
+        m.d.comb += self.busy.eq(~sequencer.ongoing("IDLE"))
 
         # trace: the layer in its fire scan reports; at most one does at a time
         for i, unit in enumerate(units):

@@ -8,7 +8,8 @@ value being written. ``forwarding=False`` exists only to show that the testbench
 
 Fire scan: cycle n reads the membranes at address n (and the first layer's stored input current); cycle n+1
 compares with the threshold, resets, leaks, adds the bias, writes back, reports the trace and emits spikes.
-On the last timestep it writes each neuron's initial value (its bias) instead, ready for the next sample.
+On the last timestep it writes each neuron's initial value (its bias) instead, ready for the next sample;
+an ``init`` scan does only that (after the configuration is written), without trace or spikes.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class LayerUnit(wiring.Component):
         out_entry = entry_layout(P, _ubits(geo.groups), _ubits(geo.pooled_height), _ubits(geo.pooled_width))
         ports = {
             # control from the sequencer
-            "ev_en": In(1), "fire_en": In(1), "last_t": In(1),
+            "ev_en": In(1), "fire_en": In(1), "last_t": In(1), "init": In(1),
             "ev_done": Out(1), "fire_done": Out(1),
             # configuration writes: region 0 weights (word address), 1 threshold, 2 bias (address = channel)
             "cfg_en": In(1), "cfg_region": In(2), "cfg_addr": In(24), "cfg_data": In(data_bits),
@@ -213,9 +214,11 @@ class LayerUnit(wiring.Component):
         s1_grp = Signal(_ubits(g.groups))
         s1_k = Signal(3)
         s1_last_t = Signal()
+        s1_init = Signal()
         s1_py, s1_px = Signal.like(scan_py), Signal.like(scan_px)
         s1_w = Signal(2)
-        m.d.sync += [s1_ev.eq(issue & self.ev_en), s1_fire.eq(firing), s1_last_t.eq(self.last_t),
+        m.d.sync += [s1_ev.eq(issue & self.ev_en), s1_fire.eq(firing), s1_last_t.eq(self.last_t | self.init),
+                     s1_init.eq(self.init),
                      s1_addr.eq(Mux(firing, scan, ev_addr)), s1_grp.eq(Mux(firing, scan_grp, grp)), s1_k.eq(ev_k),
                      s1_py.eq(scan_py), s1_px.eq(scan_px), s1_w.eq(scan_w)]
 
@@ -259,7 +262,7 @@ class LayerUnit(wiring.Component):
                 if g.first:
                     cwp = currents[j][1]
                     m.d.comb += [cwp.addr.eq(s1_addr), cwp.data.eq(0), cwp.en.eq(lanes_ok[j] & s1_last_t)]
-        m.d.comb += [self.trace_valid.eq(s1_fire), self.trace_addr.eq(s1_addr), self.trace_lanes.eq(lanes_ok),
+        m.d.comb += [self.trace_valid.eq(s1_fire & ~s1_init), self.trace_addr.eq(s1_addr), self.trace_lanes.eq(lanes_ok),
                      self.trace_spikes.eq(spikes), self.trace_v.eq(Cat(*[v[:V] for v in vs]))]
 
         # spikes out: OR over the pool window (consecutive addresses), one queue entry per window
@@ -269,7 +272,7 @@ class LayerUnit(wiring.Component):
             end_of_window = (s1_w == pw - 1) if pw > 1 else Const(1, 1)
             with m.If(s1_fire):
                 m.d.sync += acc.eq(Mux(end_of_window, 0, window_mask))
-            m.d.comb += [self.spike_valid.eq(s1_fire & end_of_window & (window_mask != 0)),
+            m.d.comb += [self.spike_valid.eq(s1_fire & ~s1_init & end_of_window & (window_mask != 0)),
                          self.spike.group.eq(s1_grp), self.spike.mask.eq(window_mask)]
             if g.kind == "conv":
                 m.d.comb += [self.spike.y.eq(s1_py), self.spike.x.eq(s1_px)]

@@ -1,0 +1,71 @@
+"""Generate the accelerator's Verilog with Amaranth, build it with Verilator or Icarus through
+`cocotb_tools.runner`, and run the bench on a set of images. Builds are cached by the Verilog's hash."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qpsnn.sw.errors import QpsnnError
+from qpsnn.sw.intnet import IntNet
+
+from .toolchain import prepare
+
+TOP = "qpsnn_accel"
+
+
+@dataclass
+class BenchResult:
+    results: list
+    mismatches: list
+    mismatch_count: int
+    sim_seconds: float
+    waves: str | None
+    build_dir: str
+
+
+def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True) -> str:
+    from amaranth.back import verilog
+
+    from qpsnn.hw.accelerator import Accelerator
+
+    return verilog.convert(Accelerator.for_model(net, lanes, forwarding=forwarding), name=TOP)
+
+
+def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator: str = "verilator", lanes: int = 8,
+              waves: bool = False, forwarding: bool = True, work: str | Path | None = None,
+              max_mismatches: int = 20) -> BenchResult:
+    from cocotb_tools.runner import get_runner
+
+    prepare(simulator)
+    source = generate_verilog(net, lanes, forwarding)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    root = Path(work or os.environ.get("QPSNN_SIM_BUILD", Path.cwd() / "sim_build"))
+    build = root / f"{simulator}-{digest}{'-waves' if waves else ''}"
+    build.mkdir(parents=True, exist_ok=True)
+    vfile = build / f"{TOP}.v"
+    if not vfile.exists() or vfile.read_text() != source:
+        vfile.write_text(source)
+    runner = get_runner(simulator)
+    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else []
+    runner.build(sources=[vfile], hdl_toplevel=TOP, build_dir=build, waves=waves, build_args=build_args)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+        job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "images": str(Path(tmp) / "images.npy"),
+               "out": str(Path(tmp) / "out.json"), "max_mismatches": max_mismatches}
+        (Path(tmp) / "job.json").write_text(json.dumps(job))
+        runner.test(hdl_toplevel=TOP, test_module="qpsnn.sim.bench_accelerator", build_dir=build, waves=waves,
+                    extra_env={"QPSNN_BENCH_JOB": str(Path(tmp) / "job.json"), "COCOTB_LOG_LEVEL": "WARNING"},
+                    test_dir=build)
+        out_file = Path(tmp) / "out.json"
+        if not out_file.exists():
+            raise QpsnnError(f"the {simulator} bench ended without results (see the log in {build})")
+        out = json.loads(out_file.read_text())
+    wave_files = sorted(str(p) for p in build.glob("*.fst")) + sorted(str(p) for p in build.glob("*.vcd"))
+    return BenchResult(out["results"], out["mismatches"], out["mismatch_count"], out["sim_seconds"],
+                       wave_files[0] if wave_files else None, str(build))
