@@ -24,7 +24,8 @@ class EventQueue(wiring.Component):
     ``ev_*``: the decoded events, valid/ready. ``empty``: no entry stored and none being decoded."""
 
     def __init__(self, lanes: int, groups: int, y_bits: int, x_bits: int, depth: int):
-        self.lanes, self.depth = lanes, max(depth, 2)
+        # +1: the buffered FIFO takes a cycle to move its first entry to the output register
+        self.lanes, self.depth = lanes, max(depth + 1, 3)
         self._entry = entry_layout(lanes, max(1, (groups - 1).bit_length()), y_bits, x_bits)
         channel_bits = max(1, (groups * lanes - 1).bit_length())
         self._event = event_layout(channel_bits, y_bits, x_bits)

@@ -242,12 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/ablate")
     p.set_defaults(func=cmd_ablate)
 
-    for register in _EXTENSIONS:
+    for register in _extensions():
         register(sub)
     return parser
 
 
-_EXTENSIONS: list = []  # later parts (sim, host link, build) add their subcommands here
+def _extensions() -> list:
+    """Subcommands of the other parts, registered only when their dependencies import."""
+    found = []
+    try:
+        from qpsnn.sim.cli import register as register_sim
+        found.append(register_sim)
+    except ImportError:  # the hardware extras are not installed
+        pass
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,43 @@
+"""The ``qpsnn sim`` subcommand (registered into the main CLI)."""
+from __future__ import annotations
+
+import json
+
+
+def cmd_sim(args) -> int:
+    from qpsnn.hw.geometry import CapacityError
+    from qpsnn.sw.errors import QpsnnError
+
+    from .simulate import simulate
+
+    try:
+        report = simulate(args.file, args.simulator, args.samples, args.lanes, args.waves, args.dataset, args.data_path)
+    except CapacityError as exc:
+        raise QpsnnError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['samples']} samples on {report['simulator']} (P={report['lanes']}): "
+              f"{'bit-exact' if report['bit_exact'] else str(report['mismatches']) + ' MISMATCHES'}; "
+              f"{report['cycles_total']} cycles, bound {report['bound_cycles_total']} "
+              f"(x{report['cycles_over_bound']}), {report['events_total']} events, {report['sim_seconds']} s simulated")
+        for mm in report["first_mismatches"]:
+            print(f"  mismatch: {mm}")
+        if report["first_mismatches"] and report["waves"]:
+            print(f"  waveform: {report['waves']}")
+    return 0 if report["bit_exact"] else 1
+
+
+def register(sub) -> None:
+    from .toolchain import SIMULATORS
+
+    p = sub.add_parser("sim", help="run test images through the RTL (cocotb) and compare with the golden model")
+    p.add_argument("file")
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
+    p.add_argument("--samples", type=int, help="only the first N test images (default: all)")
+    p.add_argument("--lanes", type=int, help="P, output neurons updated per cycle (default: the file's)")
+    p.add_argument("--waves", action="store_true", help="keep a waveform file of the run")
+    p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
+    p.add_argument("--data-path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sim)

