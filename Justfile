@@ -21,3 +21,11 @@ bench-mnist5k:
 # the digits ablation of the README (2/4 bit, prune 0.5/0.75, 3 seeds)
 ablate:
     qpsnn ablate --dataset digits --bits 2,4 --prune 0.5,0.75 --seeds 3 --out runs/ablate
+
+# the RTL against the golden model on every test image (Verilator), JSON report
+sim file=model simulator="verilator":
+    qpsnn sim {{file}} --simulator {{simulator}}
+
+# RTL cycles against events at three spike densities (plot in runs/density)
+bench-density file=model:
+    qpsnn bench-density {{file}} --out runs/density

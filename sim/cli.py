@@ -28,6 +28,14 @@ def cmd_sim(args) -> int:
     return 0 if report["bit_exact"] else 1
 
 
+def cmd_bench_density(args) -> int:
+    from .density import density_benchmark
+
+    summary = density_benchmark(args.file, args.out, args.samples, args.lanes, args.simulator)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def register(sub) -> None:
     from .toolchain import SIMULATORS
 
@@ -41,3 +49,11 @@ def register(sub) -> None:
     p.add_argument("--data-path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("bench-density", help="RTL cycles against events at three spike densities (plot + JSON)")
+    p.add_argument("file")
+    p.add_argument("--samples", type=int, default=20, help="images per density (default 20)")
+    p.add_argument("--lanes", type=int)
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
+    p.add_argument("--out", default="runs/density")
+    p.set_defaults(func=cmd_bench_density)
