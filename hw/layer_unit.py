@@ -45,6 +45,8 @@ class LayerUnit(wiring.Component):
             "ev_done": Out(1), "fire_done": Out(1),
             # configuration writes: region 0 weights (word address), 1 threshold, 2 bias (address = channel)
             "cfg_en": In(1), "cfg_region": In(2), "cfg_addr": In(24), "cfg_data": In(data_bits),
+            # read-back while idle: cfg_rd with cfg_region/cfg_addr on cycle n, cfg_rd_data on cycle n+1
+            "cfg_rd": In(1), "cfg_rd_data": Out(data_bits),
             # spikes for the next layer's queue
             "spike_valid": Out(1), "spike": Out(out_entry),
             # trace of every neuron update in the fire scan
@@ -168,7 +170,7 @@ class LayerUnit(wiring.Component):
             row = ev_c * ig.out_positions + ev_y * ig.pooled_width + ev_x if ig is not None else ev_c
             ev_addr = grp
         issue = active  # one update per cycle while an event is active
-        m.d.comb += wrp.addr.eq(row * g.groups + grp)
+        m.d.comb += wrp.addr.eq(Mux(self.cfg_rd, self.cfg_addr, row * g.groups + grp))
 
         # ---------------------------------------------------------------- fire scan, stage 0
         pw = g.pool * g.pool
@@ -206,7 +208,21 @@ class LayerUnit(wiring.Component):
             m.d.comb += rp.addr.eq(read_addr)
             if g.first:
                 m.d.comb += currents[j][0].addr.eq(read_addr)
-            m.d.comb += [thr[j][0].addr.eq(scan_grp), bias[j][0].addr.eq(scan_grp)]
+            m.d.comb += [thr[j][0].addr.eq(Mux(self.cfg_rd, cfg_entry, scan_grp)),
+                         bias[j][0].addr.eq(Mux(self.cfg_rd, cfg_entry, scan_grp))]
+
+        # read-back mux, one cycle after the address
+        rd_region = Signal(2)
+        rd_lane = Signal.like(cfg_lane)
+        m.d.sync += [rd_region.eq(self.cfg_region), rd_lane.eq(cfg_lane)]
+        with m.Switch(rd_region):
+            with m.Case(0):
+                m.d.comb += self.cfg_rd_data.eq(wrp.data)
+            for region, store in ((1, thr), (2, bias)):
+                with m.Case(region):
+                    for j in range(P):
+                        with m.If(rd_lane == j):
+                            m.d.comb += self.cfg_rd_data.eq(store[j][0].data.as_unsigned())
 
         # ---------------------------------------------------------------- stage 1 registers
         s1_ev, s1_fire = Signal(), Signal()

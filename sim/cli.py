@@ -36,6 +36,28 @@ def cmd_bench_density(args) -> int:
     return 0
 
 
+def cmd_serve_sim(args) -> int:
+    from pathlib import Path
+
+    from qpsnn.sw.errors import QpsnnError
+
+    from .serve import serve
+
+    if not Path(args.file).exists():
+        raise QpsnnError(f"{args.file}: no such model file (the accelerator is generated for a model: qpsnn demo makes one)")
+    scheme = "socket" if args.link == "uart" else "mmio+socket"
+
+    def announce(port):
+        print(f"serving the {args.simulator} simulation of {args.file} ({args.link}) on {scheme}://127.0.0.1:{port}"
+              f"  (Ctrl-C stops)", flush=True)
+
+    try:
+        serve(args.file, args.port, args.simulator, args.link, args.lanes, args.clients, announce)
+    except KeyboardInterrupt:
+        print("serve-sim: stopped", flush=True)
+    return 0
+
+
 def register(sub) -> None:
     from .toolchain import SIMULATORS
 
@@ -49,6 +71,16 @@ def register(sub) -> None:
     p.add_argument("--data-path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("serve-sim", help="simulate the accelerator with its host link and serve it on a TCP port")
+    p.add_argument("file", nargs="?", default="model.qpsnn", help="model whose accelerator to build (default model.qpsnn)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: any free one, printed)")
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
+    p.add_argument("--link", choices=("uart", "mmio"), default="uart",
+                   help="uart: RX/TX pins (connect with socket://); mmio: the register window (mmio+socket://)")
+    p.add_argument("--lanes", type=int)
+    p.add_argument("--clients", type=int, help="stop after serving this many clients (default: serve until stopped)")
+    p.set_defaults(func=cmd_serve_sim)
 
     p = sub.add_parser("bench-density", help="RTL cycles against events at three spike densities (plot + JSON)")
     p.add_argument("file")

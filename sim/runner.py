@@ -37,24 +37,29 @@ def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True) -> str:
     return verilog.convert(Accelerator.for_model(net, lanes, forwarding=forwarding), name=TOP)
 
 
-def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator: str = "verilator", lanes: int = 8,
-              waves: bool = False, forwarding: bool = True, work: str | Path | None = None,
-              max_mismatches: int = 20) -> BenchResult:
+def build_design(source: str, top: str, simulator: str, waves: bool = False, work: str | Path | None = None):
+    """Build generated Verilog for a simulator, cached by the source's hash; returns (runner, build dir)."""
     from cocotb_tools.runner import get_runner
 
     prepare(simulator)
-    source = generate_verilog(net, lanes, forwarding)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     root = Path(work or os.environ.get("QPSNN_SIM_BUILD", Path.cwd() / "sim_build"))
-    build = root / f"{simulator}-{digest}{'-waves' if waves else ''}"
+    build = root / f"{simulator}-{top}-{digest}{'-waves' if waves else ''}"
     build.mkdir(parents=True, exist_ok=True)
-    vfile = build / f"{TOP}.v"
+    vfile = build / f"{top}.v"
     if not vfile.exists() or vfile.read_text() != source:
         vfile.write_text(source)
     runner = get_runner(simulator)
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else []
-    runner.build(sources=[vfile], hdl_toplevel=TOP, build_dir=build, waves=waves, build_args=build_args,
+    runner.build(sources=[vfile], hdl_toplevel=top, build_dir=build, waves=waves, build_args=build_args,
                  log_file=build / "build.log")
+    return runner, build
+
+
+def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator: str = "verilator", lanes: int = 8,
+              waves: bool = False, forwarding: bool = True, work: str | Path | None = None,
+              max_mismatches: int = 20) -> BenchResult:
+    runner, build = build_design(generate_verilog(net, lanes, forwarding), TOP, simulator, waves, work)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
         job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "images": str(Path(tmp) / "images.npy"),

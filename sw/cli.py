@@ -202,6 +202,21 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_infer(args) -> int:
+    from .infer import infer
+
+    report = infer(args.file, args.device, args.dataset, args.data_path, args.samples, args.timeout, args.retries,
+                   args.baudrate)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['samples']} samples through {report['device']}: accuracy {report['accuracy']} %, "
+              f"{report['agree_with_golden']}/{report['samples']} equal to the golden model, "
+              f"{report['cycles_mean']} cycles per image; {report['bytes_sent']} bytes sent "
+              f"({report['load_bytes_sent']} for the model), {report['seconds']} s")
+    return 0 if report["agree_with_golden"] == report["samples"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qpsnn", description="Quantized and pruned SNNs, from training to an FPGA accelerator.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -241,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_positive, default=4)
     p.add_argument("--out", default="runs/ablate")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("infer", help="load a model into a device (board or serve-sim) and classify test images")
+    p.add_argument("file")
+    p.add_argument("--device", required=True, help="serial port or URL: /dev/ttyUSB1, socket://127.0.0.1:PORT, "
+                   "mmio+socket://127.0.0.1:PORT, mmio:///sys/bus/pci/devices/.../resource0")
+    _add_data(p, default=None)
+    p.add_argument("--samples", type=_positive, default=20, help="first N test images (default 20)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each reply (default 2)")
+    p.add_argument("--retries", type=int, default=3, help="resends of an unanswered request (default 3)")
+    p.add_argument("--baudrate", type=int, default=115200)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_infer)
 
     for register in _extensions():
         register(sub)

@@ -15,3 +15,31 @@ class DatasetError(QpsnnError, ValueError):
 
 class SpecError(QpsnnError, ValueError):
     """An architecture spec string that does not describe a valid network."""
+
+
+class DeviceError(QpsnnError):
+    """Talking to an accelerator failed; the message says what happened and what to check."""
+
+
+class NoDeviceError(DeviceError):
+    """Nothing to talk to at the URL: the port does not exist, is closed or is busy."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer (or not correctly) within the time-out, after the allowed retries."""
+
+
+class ProtocolVersionError(DeviceError):
+    """The device speaks another version of the host protocol."""
+
+
+class ModelMismatchError(DeviceError):
+    """The model does not fit the accelerator on the device (another geometry, bit width or capacity)."""
+
+
+class DeviceRefused(DeviceError):
+    """The device answered a request with an error code."""
+
+    def __init__(self, command: str, code: int, meaning: str):
+        super().__init__(f"the device refused {command} with code {code}: {meaning}")
+        self.command, self.code = command, code

@@ -1,0 +1,227 @@
+"""The host driver: a `Device` loads a `.qpsnn` model into an accelerator and runs inference, over any
+transport of `qpsnn.sw.transport` (a serial port, the simulation's socket, a memory-mapped window).
+
+Every request waits at most ``timeout`` seconds for its reply and is sent again up to ``retries`` times when
+the reply is missing or damaged (or the device saw a damaged frame). Errors say what happened: no device,
+no answer, another protocol version, a model that does not fit, or the device's own error code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import protocol as proto
+from .errors import DeviceError, DeviceRefused, DeviceTimeout, ModelMismatchError, ProtocolVersionError
+from .intnet import IntNet
+from .packing import pack_words
+from .transport import open_transport
+
+RETRYABLE = (proto.E_CRC, proto.E_TIMEOUT)
+
+
+@dataclass
+class LinkStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames: int = 0
+    retries: int = 0
+
+
+@dataclass
+class LoadReport:
+    bytes_sent: int
+    bytes_received: int
+    frames: int
+    words: int
+    seconds: float
+
+
+@dataclass
+class InferResult:
+    classes: np.ndarray
+    potentials: np.ndarray  # [N, classes]
+    cycles: np.ndarray
+    seconds: float = 0.0
+    stats: LinkStats = field(default_factory=LinkStats)
+
+
+def model_words(net: IntNet, lanes: int) -> list[tuple[int, int, list[int]]]:
+    """(layer, region, words) that configure the accelerator for ``net``: packed weights, thresholds, biases
+    (as two's complement in the layer's membrane width)."""
+    out = []
+    for i, layer in enumerate(net.layers):
+        out.append((i, proto.REGION_WEIGHTS, [int(w) for w in pack_words(layer.weight_rows().numpy(), layer.bits, lanes)]))
+        mask = (1 << layer.membrane_bits) - 1
+        if layer.threshold is not None:
+            out.append((i, proto.REGION_THRESHOLD, [int(v) & mask for v in layer.threshold.tolist()]))
+        out.append((i, proto.REGION_BIAS, [int(v) & mask for v in layer.bias.tolist()]))
+    return out
+
+
+class Device:
+    def __init__(self, url: str, timeout: float = 2.0, retries: int = 3, baudrate: int = 115200, transport=None):
+        self.url, self.timeout, self.retries = url, timeout, retries
+        self.transport = transport or open_transport(url, baudrate)
+        self.parser = proto.ReplyParser()
+        self.stats = LinkStats()
+        self._info: proto.DeviceInfo | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _exchange(self, frame: bytes, timeout: float):
+        """Send one frame, return (status, payload) of its reply, or None when none came in time."""
+        self.transport.discard_input()
+        self.parser = proto.ReplyParser()
+        self.transport.write(frame)
+        self.stats.bytes_sent += len(frame)
+        self.stats.frames += 1
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.parser.take()
+            if reply is not None:
+                return reply
+            if time.monotonic() >= deadline:
+                return None
+            data = self.transport.read(deadline)
+            self.stats.bytes_received += len(data)
+            self.parser.feed(data)
+
+    def request(self, cmd: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """One command with retries; the payload of its OK reply, or `DeviceRefused` with the device's code."""
+        frame = proto.request(cmd, payload)
+        name = proto.COMMANDS.get(cmd, f"command {cmd:#x}")
+        what = "no reply"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            reply = self._exchange(frame, timeout or self.timeout)
+            if reply is None:
+                what = "no reply"
+                continue
+            status, body = reply
+            if status is None:
+                what = "a damaged reply (bad CRC)"
+                continue
+            if status in RETRYABLE:
+                what = f"error code {status} ({proto.ERRORS[status]})"
+                continue
+            if status != proto.OK:
+                raise DeviceRefused(name, status, proto.ERRORS.get(status, "unknown error code"))
+            return body
+        raise DeviceTimeout(f"{name}: {what} from {self.url} within {timeout or self.timeout:g} s, "
+                            f"{self.retries + 1} tries; is the device there and running the qpsnn bitstream?")
+
+    # ------------------------------------------------------------------ commands
+    def identify(self) -> proto.DeviceInfo:
+        body = self.request(proto.IDENTIFY)
+        try:
+            info = proto.DeviceInfo.from_bytes(body)
+        except ValueError as exc:
+            raise DeviceError(f"{self.url} answered identify with something else: {exc}") from None
+        if info.version != proto.VERSION:
+            raise ProtocolVersionError(f"the device speaks host protocol version {info.version}, this driver "
+                                       f"version {proto.VERSION}: rebuild the bitstream or update qpsnn")
+        self._info = info
+        return info
+
+    @property
+    def info(self) -> proto.DeviceInfo:
+        return self._info or self.identify()
+
+    def reset(self) -> None:
+        self.request(proto.RESET)
+
+    def check_fits(self, net: IntNet) -> None:
+        from qpsnn.hw.geometry import geometry_of
+
+        info = self.info
+        geo = geometry_of(net, info.lanes)
+        if proto.fingerprint(geo) == info.fingerprint:
+            return
+        problems = []
+        if len(geo.layers) != len(info.layers):
+            problems.append(f"{len(geo.layers)} layers, the accelerator has {len(info.layers)}")
+        for lg, li in zip(geo.layers, info.layers):
+            if lg.weight_words > li.weight_words:
+                problems.append(f"layer {lg.index} needs {lg.weight_words} weight words, the memory has {li.weight_words}")
+            if (lg.kind, lg.bits, lg.channels) != (li.kind, li.bits, li.channels):
+                problems.append(f"layer {lg.index} is {lg.kind} {lg.channels}ch {lg.bits}-bit, the accelerator's "
+                                f"{li.kind} {li.channels}ch {li.bits}-bit")
+        if tuple(net.in_shape) != info.in_shape:
+            problems.append(f"input {tuple(net.in_shape)}, the accelerator's {info.in_shape}")
+        detail = "; ".join(problems) or "shifts, membrane widths or timesteps differ"
+        raise ModelMismatchError(f"the model does not fit the accelerator at {self.url}: {detail} "
+                                 f"(build one for this model with qpsnn build / serve-sim)")
+
+    def load(self, net: IntNet, verify: bool = True) -> LoadReport:
+        """Write the model's weights, thresholds and biases, read them back, and initialise the membranes."""
+        start, before = time.monotonic(), LinkStats(**vars(self.stats))
+        info = self.info
+        self.check_fits(net)
+        self.request(proto.BEGIN_LOAD, proto.fingerprint_bytes(info.fingerprint))
+        D = info.word_bytes
+        per_frame = (info.max_payload - proto.WRITE_HEADER) // D
+        words_total = 0
+        regions = model_words(net, info.lanes)
+        for layer, region, words in regions:
+            for addr in range(0, len(words), per_frame):
+                part = words[addr:addr + per_frame]
+                self.request(proto.WRITE, proto.write_payload(layer, region, addr, part, D))
+                words_total += len(part)
+        if verify:
+            per_read = info.max_payload // D
+            for layer, region, words in regions:
+                for addr in range(0, len(words), per_read):
+                    n = min(per_read, len(words) - addr)
+                    body = self.request(proto.READ, proto.read_payload(layer, region, addr, n))
+                    got = [int.from_bytes(body[i * D:(i + 1) * D], "little") for i in range(n)]
+                    if got != words[addr:addr + n]:
+                        bad = next(i for i in range(n) if got[i] != words[addr + i])
+                        raise DeviceError(f"read-back differs: layer {layer} region {region} word {addr + bad}: "
+                                          f"wrote {words[addr + bad]:#x}, read {got[bad]:#x}")
+        self.reset()
+        return LoadReport(self.stats.bytes_sent - before.bytes_sent, self.stats.bytes_received - before.bytes_received,
+                          self.stats.frames - before.frames, words_total, time.monotonic() - start)
+
+    def run(self, image: np.ndarray) -> tuple[int, int, list[int]]:
+        """One sample: raw pixels in chunks; the last chunk's reply is the result."""
+        info = self.info
+        pixels = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+        if len(pixels) != int(np.prod(info.in_shape)):
+            raise DeviceError(f"an image of {len(pixels)} pixels for an accelerator that takes {info.in_shape}")
+        chunk = info.max_payload - proto.RUN_HEADER
+        for attempt in range(self.retries + 1):
+            try:
+                for offset in range(0, len(pixels), chunk):
+                    body = self.request(proto.RUN, offset.to_bytes(2, "little") + pixels[offset:offset + chunk])
+                return proto.decode_result(body, info.classes)
+            except DeviceRefused as exc:
+                # a chunk the device took but whose reply was lost comes back as out of sequence: start over
+                if exc.code != proto.E_STATE or attempt == self.retries:
+                    raise
+                self.stats.retries += 1
+                self.reset()
+        raise AssertionError("unreachable")
+
+    def infer(self, images: np.ndarray, progress=None) -> InferResult:
+        start = time.monotonic()
+        classes, pots, cycles = [], [], []
+        for image in images:
+            c, cyc, p = self.run(image)
+            classes.append(c)
+            cycles.append(cyc)
+            pots.append(p)
+            if progress:
+                progress()
+        return InferResult(np.array(classes, dtype=np.int64), np.array(pots, dtype=np.int64).reshape(len(images), -1),
+                           np.array(cycles, dtype=np.int64), time.monotonic() - start, self.stats)

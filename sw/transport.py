@@ -1,0 +1,184 @@
+"""Byte transports to an accelerator: a serial line (any pyserial URL: ``/dev/ttyUSB1``, ``socket://HOST:PORT``
+for `qpsnn serve-sim`, ``loop://``) or a memory-mapped register window (``mmio:///sys/bus/pci/devices/
+0000:01:00.0/resource0`` for a PCI BAR on Linux, ``mmio+socket://HOST:PORT`` for the simulated window).
+
+A transport moves bytes and nothing else; framing, retries and meaning live in `qpsnn.sw.device`.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import struct
+import time
+
+from .errors import DeviceTimeout, NoDeviceError
+
+# register window (see hw/mmio_host.py)
+MMIO_ID, MMIO_STATUS, MMIO_CMD, MMIO_RESP = 0x0, 0x4, 0x8, 0xC
+MMIO_ID_VALUE = 0x51505331
+
+
+class SerialTransport:
+    def __init__(self, url: str, baudrate: int = 115200):
+        import serial
+
+        try:
+            self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05, write_timeout=5.0)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise NoDeviceError(f"no device at {url}: {exc}") from None
+        self.url = url
+
+    def write(self, data: bytes) -> None:
+        import serial
+
+        try:
+            self.port.write(data)
+            self.port.flush()
+        except (serial.SerialException, OSError) as exc:
+            raise NoDeviceError(f"the connection to {self.url} failed while writing: {exc}") from None
+
+    def read(self, deadline: float) -> bytes:
+        """Whatever arrives before ``deadline`` (time.monotonic); returns early once something came."""
+        import serial
+
+        try:
+            while True:
+                waiting = self.port.in_waiting
+                data = self.port.read(max(1, waiting))
+                if data or time.monotonic() >= deadline:
+                    return data
+        except (serial.SerialException, OSError) as exc:
+            raise NoDeviceError(f"the connection to {self.url} failed while reading: {exc}") from None
+
+    def discard_input(self) -> None:
+        try:
+            self.port.reset_input_buffer()
+        except Exception:  # some URL handlers cannot; stale bytes are then skipped by the parser
+            pass
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class SysfsBAR:
+    """A PCI BAR through ``mmap`` of its sysfs resource file (Linux; needs read-write access)."""
+
+    def __init__(self, path: str, size: int = 4096):
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_SYNC)
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            raise NoDeviceError(f"cannot map the register window {path}: {exc}") from None
+
+    def read32(self, addr: int) -> int:
+        return struct.unpack_from("<I", self.map, addr)[0]
+
+    def write32(self, addr: int, value: int) -> None:
+        struct.pack_into("<I", self.map, addr, value)
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+class SocketBAR:
+    """The simulated register window of ``qpsnn serve-sim --mmio``: ``W addr data`` (no answer) and
+    ``R addr`` (answered with the 32-bit value), little-endian, over TCP. Writes are pipelined."""
+
+    def __init__(self, host: str, port: int, timeout: float = 5.0):
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise NoDeviceError(f"no simulated register window at {host}:{port}: {exc}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(timeout)
+        self.where = f"{host}:{port}"
+
+    def write32(self, addr: int, value: int) -> None:
+        self.sock.sendall(b"W" + struct.pack("<II", addr, value))
+
+    def write32_many(self, addr: int, values) -> None:
+        self.sock.sendall(b"".join(b"W" + struct.pack("<II", addr, v) for v in values))
+
+    def read32(self, addr: int) -> int:
+        return self.read32_many(addr, 1)[0]
+
+    def read32_many(self, addr: int, n: int) -> list[int]:
+        self.sock.sendall((b"R" + struct.pack("<II", addr, 0)) * n)
+        data = b""
+        try:
+            while len(data) < 4 * n:
+                chunk = self.sock.recv(4 * n - len(data))
+                if not chunk:
+                    raise NoDeviceError(f"the simulated register window at {self.where} closed the connection")
+                data += chunk
+        except socket.timeout:
+            raise DeviceTimeout(f"the simulated register window at {self.where} did not answer a read") from None
+        return list(struct.unpack(f"<{n}I", data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class MMIOTransport:
+    """The command stream through the register window's FIFOs."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        ident = bar.read32(MMIO_ID)
+        if ident != MMIO_ID_VALUE:
+            raise NoDeviceError(f"the register window does not hold a qpsnn accelerator (ID {ident:#010x}, "
+                                f"expected {MMIO_ID_VALUE:#010x})")
+
+    def _many_write(self, values) -> None:
+        if hasattr(self.bar, "write32_many"):
+            self.bar.write32_many(MMIO_CMD, values)
+        else:
+            for v in values:
+                self.bar.write32(MMIO_CMD, v)
+
+    def _many_read(self, n: int) -> list[int]:
+        if hasattr(self.bar, "read32_many"):
+            return self.bar.read32_many(MMIO_RESP, n)
+        return [self.bar.read32(MMIO_RESP) for _ in range(n)]
+
+    def write(self, data: bytes, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        pos = 0
+        while pos < len(data):
+            free = self.bar.read32(MMIO_STATUS) & 0xFFFF
+            if free == 0:
+                if time.monotonic() > deadline:
+                    raise DeviceTimeout("the device's command FIFO stayed full")
+                time.sleep(0.0005)
+                continue
+            part = data[pos:pos + free]
+            self._many_write(part)
+            pos += len(part)
+
+    def read(self, deadline: float) -> bytes:
+        while True:
+            level = self.bar.read32(MMIO_STATUS) >> 16
+            if level:
+                return bytes(v & 0xFF for v in self._many_read(level) if v & 0x100)
+            if time.monotonic() >= deadline:
+                return b""
+            time.sleep(0.0002)
+
+    def discard_input(self) -> None:
+        self.read(time.monotonic())
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def open_transport(url: str, baudrate: int = 115200):
+    if url.startswith("mmio+socket://"):
+        host, _, port = url[len("mmio+socket://"):].rpartition(":")
+        if not port.isdigit():
+            raise NoDeviceError(f"bad URL {url!r}: expected mmio+socket://HOST:PORT")
+        return MMIOTransport(SocketBAR(host or "127.0.0.1", int(port)))
+    if url.startswith("mmio://"):
+        return MMIOTransport(SysfsBAR(url[len("mmio://"):]))
+    return SerialTransport(url, baudrate)
