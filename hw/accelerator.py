@@ -20,11 +20,12 @@ from .layer_unit import LayerUnit, _ubits
 
 
 class Accelerator(wiring.Component):
-    def __init__(self, geo: Geometry, capacities: Capacities | None = None, forwarding: bool = True):
+    def __init__(self, geo: Geometry, capacities: Capacities | None = None, forwarding: bool = True,
+                 weights_in_spram: bool = False):
         if geo.lanes & (geo.lanes - 1):
             raise ValueError(f"lanes must be a power of two, got {geo.lanes}")
         check_fits(geo, capacities or Capacities.exactly(geo))
-        self.geo, self.forwarding = geo, forwarding
+        self.geo, self.forwarding, self.weights_in_spram = geo, forwarding, weights_in_spram
         P, V, K = geo.lanes, geo.membrane_bits, geo.classes
         first = geo.layers[0]
         self.data_bits = max(max(l.word_bits for l in geo.layers), V)
@@ -51,7 +52,8 @@ class Accelerator(wiring.Component):
         n = len(geo.layers)
         units = []
         for i, lg in enumerate(geo.layers):
-            unit = LayerUnit(lg, geo.leak_shift, geo.layers[i - 1] if i else None, self.data_bits, self.forwarding)
+            unit = LayerUnit(lg, geo.leak_shift, geo.layers[i - 1] if i else None, self.data_bits, self.forwarding,
+                             self.weights_in_spram)
             m.submodules[f"layer{i}"] = unit
             units.append(unit)
             m.d.comb += [unit.cfg_en.eq(self.cfg_en & (self.cfg_layer == i)), unit.cfg_region.eq(self.cfg_region),

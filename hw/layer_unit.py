@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from .event_queue import EventQueue, entry_layout
 from .geometry import LayerGeometry
+from .weight_store import WeightStore
 
 
 def _ubits(n: int) -> int:
@@ -33,8 +34,9 @@ def saturate(value, bits: int):
 
 class LayerUnit(wiring.Component):
     def __init__(self, geo: LayerGeometry, leak_shift: int, in_geo: LayerGeometry | None, data_bits: int,
-                 forwarding: bool = True):
+                 forwarding: bool = True, weights_in_spram: bool = False):
         self.geo, self.leak_shift, self.in_geo, self.forwarding = geo, leak_shift, in_geo, forwarding
+        self.weights_in_spram = weights_in_spram
         P, V = geo.lanes, geo.membrane_bits
         self.y_bits = _ubits(max(geo.height, geo.in_height))
         self.x_bits = _ubits(max(geo.width, geo.in_width))
@@ -70,9 +72,7 @@ class LayerUnit(wiring.Component):
         nw = g.neuron_words
 
         # ---------------------------------------------------------------- memories
-        m.submodules.weights = wmem = Memory(shape=unsigned(P * b), depth=max(2, g.weight_words), init=[])
-        wwp = wmem.write_port()
-        wrp = wmem.read_port()
+        m.submodules.weights = wmem = WeightStore(max(2, g.weight_words), P * b, self.weights_in_spram)
         banks, currents, thr, bias = [], [], [], []
         for j in range(P):
             mem = Memory(shape=signed(V), depth=max(2, nw), init=[])
@@ -94,7 +94,8 @@ class LayerUnit(wiring.Component):
         lane_bits = _ubits(P) if P > 1 else 0
         cfg_lane = self.cfg_addr[:lane_bits] if P > 1 else Const(0, 1)
         cfg_entry = self.cfg_addr[lane_bits:]
-        m.d.comb += [wwp.addr.eq(self.cfg_addr), wwp.data.eq(self.cfg_data), wwp.en.eq(self.cfg_en & (self.cfg_region == 0))]
+        m.d.comb += [wmem.w_addr.eq(self.cfg_addr), wmem.w_data.eq(self.cfg_data),
+                     wmem.w_en.eq(self.cfg_en & (self.cfg_region == 0))]
         for j in range(P):
             for region, store in ((1, thr), (2, bias)):
                 _, wp = store[j]
@@ -170,7 +171,7 @@ class LayerUnit(wiring.Component):
             row = ev_c * ig.out_positions + ev_y * ig.pooled_width + ev_x if ig is not None else ev_c
             ev_addr = grp
         issue = active  # one update per cycle while an event is active
-        m.d.comb += wrp.addr.eq(Mux(self.cfg_rd, self.cfg_addr, row * g.groups + grp))
+        m.d.comb += wmem.r_addr.eq(Mux(self.cfg_rd, self.cfg_addr, row * g.groups + grp))
 
         # ---------------------------------------------------------------- fire scan, stage 0
         pw = g.pool * g.pool
@@ -217,7 +218,7 @@ class LayerUnit(wiring.Component):
         m.d.sync += [rd_region.eq(self.cfg_region), rd_lane.eq(cfg_lane)]
         with m.Switch(rd_region):
             with m.Case(0):
-                m.d.comb += self.cfg_rd_data.eq(wrp.data)
+                m.d.comb += self.cfg_rd_data.eq(wmem.r_data)
             for region, store in ((1, thr), (2, bias)):
                 with m.Case(region):
                     for j in range(P):
@@ -239,7 +240,7 @@ class LayerUnit(wiring.Component):
                      s1_py.eq(scan_py), s1_px.eq(scan_px), s1_w.eq(scan_w)]
 
         # ---------------------------------------------------------------- stage 1: event update
-        word = wrp.data
+        word = wmem.r_data
         target = currents if g.first else banks
         for j in range(P):
             q = word[j * b:(j + 1) * b]

@@ -282,6 +282,11 @@ def _extensions() -> list:
         found.append(register_sim)
     except ImportError:  # the hardware extras are not installed
         pass
+    try:
+        from qpsnn.hw.cli import register as register_hw
+        found.append(register_hw)
+    except ImportError:
+        pass
     return found
 
 

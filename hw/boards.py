@@ -1,0 +1,48 @@
+"""The dev boards qpsnn builds for: their platform (amaranth-boards), clock, UART and the resources the
+report compares against. A model is checked against a board's memories before synthesis starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qpsnn.sw.errors import QpsnnError
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    family: str  # ice40 | ecp5
+    device: str
+    platform_name: str  # attribute of amaranth_boards.<module>
+    module: str
+    clock_resource: str
+    clock_mhz: float  # the oscillator
+    default_mhz: float  # what `qpsnn build` asks the PLL for unless --clock says otherwise
+    logic: int  # LCs (iCE40) or LUT4s (ECP5)
+    logic_name: str
+    bram: int  # blocks
+    bram_bits: int  # bits per block
+    bram_name: str
+    spram: int = 0  # 256-kbit single-port RAMs (iCE40 UP)
+    dsp: int = 0
+    default_lanes: int = 8
+    weights_in_spram: bool = False
+
+    def platform(self):
+        import importlib
+
+        return getattr(importlib.import_module(f"amaranth_boards.{self.module}"), self.platform_name)()
+
+
+BOARDS = {
+    "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "ICEBreakerPlatform", "icebreaker", "clk12", 12.0, 24.0,
+                        5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_lanes=1, weights_in_spram=True),
+    "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 50.0,
+                       83640, "LUT4", 208, 18432, "DP16KD", dsp=156, default_lanes=8),
+}
+
+
+def board_named(name: str) -> Board:
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise QpsnnError(f"unknown board {name!r} (choose from {', '.join(BOARDS)})") from None

@@ -1,0 +1,65 @@
+"""The ``qpsnn build`` and ``qpsnn flash`` subcommands (registered into the main CLI)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def cmd_build(args) -> int:
+    from qpsnn.sw.errors import QpsnnError
+
+    from .manifest import check_manifest, write_manifest
+
+    root = Path(args.manifest_root)
+    if args.check:
+        problems = check_manifest(root)
+        for p in problems:
+            print(f"  {p}")
+        print(f"{root / 'manifest.json'}: {'OK' if not problems else str(len(problems)) + ' problem(s)'}")
+        return 0 if not problems else 1
+    if args.write_manifest:
+        print(f"wrote {write_manifest(root)}")
+        return 0
+    if not args.file or not args.board:
+        raise QpsnnError("give a model file and --board (or --check / --write-manifest)")
+    from .board_build import build
+
+    report = build(args.file, args.board, args.lanes, args.clock, args.baud, args.out)
+    print(json.dumps(report, indent=1))
+    if not report["timing_met"]:
+        print(f"qpsnn: timing NOT met: Fmax {report['fmax_mhz']} MHz < {report['clock_mhz']} MHz; "
+              f"rebuild with a lower --clock")
+        return 1
+    return 0
+
+
+def cmd_flash(args) -> int:
+    from .boards import board_named
+    from .board_build import bitstream_name
+    from .flash import flash
+
+    board = board_named(args.board)
+    path = args.bitstream or Path("bitstreams") / board.name / "digits" / bitstream_name(board)
+    print(flash(board.name, path))
+    return 0
+
+
+def register(sub) -> None:
+    from .boards import BOARDS
+
+    p = sub.add_parser("build", help="build a bitstream for a dev board (YoWASP yosys/nextpnr) and its report.json")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--board", choices=sorted(BOARDS))
+    p.add_argument("--lanes", type=int, help="P (default: 1 on the iCEBreaker, 8 on the ULX3S)")
+    p.add_argument("--clock", type=float, help="MHz from the PLL (default: 24 iCEBreaker, 50 ULX3S)")
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--out", help="folder for the bitstream and report.json (default bitstreams/BOARD)")
+    p.add_argument("--check", action="store_true", help="verify bitstreams/manifest.json against the files")
+    p.add_argument("--write-manifest", action="store_true", help="(re)write bitstreams/manifest.json")
+    p.add_argument("--manifest-root", default="bitstreams")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("flash", help="program an attached board with a built bitstream")
+    p.add_argument("--board", required=True, choices=sorted(BOARDS))
+    p.add_argument("--bitstream", help="default bitstreams/BOARD/digits/qpsnn.{bin,bit}")
+    p.set_defaults(func=cmd_flash)
