@@ -109,10 +109,12 @@ class Accelerator(wiring.Component):
                             m.next = f"EV{i + 1}"
                         else:
                             with m.If(last_t):
-                                m.next = "RESULT"
+                                m.next = "SETTLE"
                             with m.Else():
                                 m.d.sync += t.eq(t + 1)
                                 m.next = "FIRE0"
+            with m.State("SETTLE"):  # the argmax pipeline takes in the last potentials (not a counted cycle)
+                m.next = "RESULT"
             with m.State("RESULT"):
                 m.d.comb += self.res_valid.eq(1)
                 with m.If(self.res_ready):
@@ -134,8 +136,11 @@ class Accelerator(wiring.Component):
         out = units[-1]
         m.submodules.argmax = am = LaneArgmax(P, V, 16)
         final = out.trace_valid & last_t
-        m.d.comb += [am.en.eq(final), am.first.eq(out.trace_addr == 0), am.base.eq(out.trace_addr * P),
-                     am.lanes_valid.eq(out.trace_lanes), am.values.eq(self.trace_v), self.res_class.eq(am.index),
+        # one register stage between the membrane read and the argmax (timing); the last update still lands
+        # a cycle before RESULT
+        m.d.sync += [am.en.eq(final), am.first.eq(out.trace_addr == 0), am.base.eq(out.trace_addr * P),
+                     am.lanes_valid.eq(out.trace_lanes), am.values.eq(self.trace_v)]
+        m.d.comb += [self.res_class.eq(am.index),
                      self.res_cycles.eq(cycle)]
         pots = [Signal(signed(V), name=f"potential{k}") for k in range(K)]
         for k in range(K):

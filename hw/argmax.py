@@ -1,5 +1,6 @@
 """Running argmax over the output potentials as the fire scan delivers them, P lanes per beat.
 
+Latency: ``index``/``value`` include a beat two cycles after it is presented.
 Ties go to the lowest class: within a beat the first maximal lane wins, and a later beat replaces the best
 only when strictly greater."""
 from __future__ import annotations
@@ -21,14 +22,31 @@ class LaneArgmax(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         V = self.value_bits
-        # first maximal valid lane of this beat: a chain of compare stages, so lower lanes win ties
-        best_v, best_j, found = 0, 0, 0
-        for j in range(self.lanes):
-            v = self.values[j * V:(j + 1) * V].as_signed()
-            take = self.lanes_valid[j] & (~found | (v > best_v))
-            nv, nj, nf = Signal(signed(V), name=f"best_v{j}"), Signal(range(max(2, self.lanes)), name=f"best_j{j}"), Signal(name=f"found{j}")
-            m.d.comb += [nv.eq(Mux(take, v, best_v)), nj.eq(Mux(take, j, best_j)), nf.eq(found | self.lanes_valid[j])]
-            best_v, best_j, found = nv, nj, nf
-        with m.If(self.en & found & (self.first | (best_v > self.value))):
-            m.d.sync += [self.value.eq(best_v), self.index.eq(self.base + best_j)]
+        # first maximal valid lane of this beat, as a tree (log2 P compare levels, not P): at every node the
+        # right (higher) half wins only when strictly greater, so lower lanes win ties
+        nodes = [(self.values[j * V:(j + 1) * V].as_signed(), j, self.lanes_valid[j]) for j in range(self.lanes)]
+        level = 0
+        while len(nodes) > 1:
+            merged = []
+            for i in range(0, len(nodes), 2):
+                if i + 1 == len(nodes):
+                    merged.append(nodes[i])
+                    continue
+                (lv, lj, lf), (rv, rj, rf) = nodes[i], nodes[i + 1]
+                take = rf & (~lf | (rv > lv))
+                nv = Signal(signed(V), name=f"best_v{level}_{i}")
+                nj = Signal(range(max(2, self.lanes)), name=f"best_j{level}_{i}")
+                nf = Signal(name=f"found{level}_{i}")
+                m.d.comb += [nv.eq(Mux(take, rv, lv)), nj.eq(Mux(take, rj, lj)), nf.eq(lf | rf)]
+                merged.append((nv, nj, nf))
+            nodes, level = merged, level + 1
+        # a register after the tree, then the compare with the running best: two cycles from a beat to
+        # ``index``/``value``, each a short path
+        best_v, best_j, found = (Signal.like(x, name=f"{n}_r") for x, n in zip(nodes[0], ("best_v", "best_j", "found")))
+        en, first = Signal(), Signal()
+        base = Signal.like(self.base)
+        m.d.sync += [best_v.eq(nodes[0][0]), best_j.eq(nodes[0][1]), found.eq(nodes[0][2]), en.eq(self.en),
+                     first.eq(self.first), base.eq(self.base)]
+        with m.If(en & found & (first | (best_v > self.value))):
+            m.d.sync += [self.value.eq(best_v), self.index.eq(base + best_j)]
         return m

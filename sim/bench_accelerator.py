@@ -67,7 +67,7 @@ async def accelerator_matches_golden(dut):
     P, V = geo.lanes, geo.membrane_bits
 
     Clock(dut.clk, 2, unit="step").start()  # timing-free RTL: the simulator precision does not matter
-    for name in ("cfg_en", "in_valid", "res_ready", "init_start", "in_none", "in_last"):
+    for name in ("cfg_en", "cfg_rd", "in_valid", "res_ready", "init_start", "in_none", "in_last"):
         getattr(dut, name).value = 0
     dut.rst.value = 1
     await _cycle(dut)

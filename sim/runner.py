@@ -37,8 +37,10 @@ def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True) -> str:
     return verilog.convert(Accelerator.for_model(net, lanes, forwarding=forwarding), name=TOP)
 
 
-def build_design(source: str, top: str, simulator: str, waves: bool = False, work: str | Path | None = None):
-    """Build generated Verilog for a simulator, cached by the source's hash; returns (runner, build dir)."""
+def build_design(source: str, top: str, simulator: str, waves: bool = False, work: str | Path | None = None,
+                 extra_sources: list[Path] = ()):
+    """Build generated Verilog for a simulator, cached by the source's hash; returns (runner, build dir).
+    ``extra_sources``: library files compiled with it (a vendor's cell models for a netlist)."""
     from cocotb_tools.runner import get_runner
 
     prepare(simulator)
@@ -50,16 +52,18 @@ def build_design(source: str, top: str, simulator: str, waves: bool = False, wor
     if not vfile.exists() or vfile.read_text() != source:
         vfile.write_text(source)
     runner = get_runner(simulator)
-    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else []
-    runner.build(sources=[vfile], hdl_toplevel=top, build_dir=build, waves=waves, build_args=build_args,
+    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else ["-g2012"]
+    runner.build(sources=[vfile, *extra_sources], hdl_toplevel=top, build_dir=build, waves=waves, build_args=build_args,
                  log_file=build / "build.log")
     return runner, build
 
 
 def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator: str = "verilator", lanes: int = 8,
               waves: bool = False, forwarding: bool = True, work: str | Path | None = None,
-              max_mismatches: int = 20) -> BenchResult:
-    runner, build = build_design(generate_verilog(net, lanes, forwarding), TOP, simulator, waves, work)
+              max_mismatches: int = 20, source: str | None = None, extra_sources: list[Path] = ()) -> BenchResult:
+    """The accelerator bench on ``images``; ``source`` replaces the generated Verilog (a synthesized netlist)."""
+    source = source if source is not None else generate_verilog(net, lanes, forwarding)
+    runner, build = build_design(source, TOP, simulator, waves, work, extra_sources)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
         job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "images": str(Path(tmp) / "images.npy"),

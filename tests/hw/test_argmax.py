@@ -1,4 +1,5 @@
-"""LaneArgmax in amaranth.sim: first maximum wins inside a beat, a later beat only when strictly greater."""
+"""LaneArgmax in amaranth.sim: first maximum wins inside a beat, a later beat only when strictly greater;
+beats back to back, each visible two cycles after it is presented."""
 from amaranth.sim import Simulator
 
 from qpsnn.hw.argmax import LaneArgmax
@@ -17,6 +18,10 @@ def argmax_of(beats, lanes=4, bits=8):
             ctx.set(dut.values, sum((v & ((1 << bits) - 1)) << (bits * j) for j, v in enumerate(values)))
             await ctx.tick()
             out.append((ctx.get(dut.index), ctx.get(dut.value)))
+        ctx.set(dut.en, 0)
+        await ctx.tick()  # two cycles of latency: a beat shows after the tick that follows it
+        out.append((ctx.get(dut.index), ctx.get(dut.value)))
+        del out[0]
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
