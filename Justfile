@@ -41,3 +41,14 @@ infer file=model device="socket://127.0.0.1:7777":
 # the host link's error replies, a cut frame, and 10,000 fuzz frames (CI runs 1,000)
 bench-link file=model:
     qpsnn bench-link {{file}} --frames 10000
+
+# the kept bitstreams: digits on both boards, MNIST-5k on the ULX3S (the iCE40 refuses it), then the manifest
+bitstreams:
+    qpsnn build runs/digits/model.qpsnn --board icebreaker --out bitstreams/icebreaker/digits
+    qpsnn build runs/digits/model.qpsnn --board ulx3s-85f --out bitstreams/ulx3s-85f/digits
+    qpsnn build runs/mnist5k/model.qpsnn --board ulx3s-85f --out bitstreams/ulx3s-85f/mnist5k
+    qpsnn build --write-manifest
+
+# verify bitstreams/manifest.json against the files
+check-bitstreams:
+    qpsnn build --check

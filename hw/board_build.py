@@ -112,8 +112,7 @@ def parse_nextpnr_report(path: Path, family: str) -> dict:
 
 
 def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,
-          baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None,
-          max_payload: int = 1024) -> dict:
+          baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None) -> dict:
     from amaranth.back import rtlil  # noqa: F401  (fail early without the hardware extras)
 
     from .accelerator import Accelerator
@@ -123,6 +122,7 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
 
     reporter = reporter or Reporter()
     board = board_named(board_name)
+    max_payload = board.max_payload
     model = Path(model)
     net = modelfile.load(model)
     lanes = lanes or board.default_lanes

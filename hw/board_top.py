@@ -33,7 +33,7 @@ class BoardTop(Elaboratable):
             m.submodules.pll = Instance(
                 "SB_PLL40_PAD", p_FEEDBACK_PATH="SIMPLE", p_DIVR=pll.params["DIVR"], p_DIVF=pll.params["DIVF"],
                 p_DIVQ=pll.params["DIVQ"], p_FILTER_RANGE=pll.params["FILTER_RANGE"],
-                i_PACKAGEPIN=platform.request(board.clock_resource, dir="-"), i_RESETB=1, i_BYPASS=0,
+                io_PACKAGEPIN=platform.request(board.clock_resource, dir="-").io, i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBAL=cd_sync.clk, o_LOCK=locked)
         else:
             clk = platform.request(board.clock_resource)

@@ -26,6 +26,7 @@ class Board:
     dsp: int = 0
     default_lanes: int = 8
     weights_in_spram: bool = False
+    max_payload: int = 1024  # the host link's frame buffer
 
     def platform(self):
         import importlib
@@ -34,9 +35,10 @@ class Board:
 
 
 BOARDS = {
-    "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "ICEBreakerPlatform", "icebreaker", "clk12", 12.0, 24.0,
-                        5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_lanes=1, weights_in_spram=True),
-    "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 50.0,
+    "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "ICEBreakerPlatform", "icebreaker", "clk12", 12.0, 18.0,
+                        5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_lanes=1, weights_in_spram=True,
+                        max_payload=512),
+    "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 40.0,
                        83640, "LUT4", 208, 18432, "DP16KD", dsp=156, default_lanes=8),
 }
 

@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("file", nargs="?")
     p.add_argument("--board", choices=sorted(BOARDS))
     p.add_argument("--lanes", type=int, help="P (default: 1 on the iCEBreaker, 8 on the ULX3S)")
-    p.add_argument("--clock", type=float, help="MHz from the PLL (default: 24 iCEBreaker, 50 ULX3S)")
+    p.add_argument("--clock", type=float, help="MHz from the PLL (default: 18 iCEBreaker, 40 ULX3S)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--out", help="folder for the bitstream and report.json (default bitstreams/BOARD)")
     p.add_argument("--check", action="store_true", help="verify bitstreams/manifest.json against the files")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qpsnn.sw.errors import QpsnnError
 from qpsnn.sw.intnet import IntLayer, IntNet
 from qpsnn.sw.packing import words_per_row
 
 
-class CapacityError(ValueError):
+class CapacityError(QpsnnError, ValueError):
     """A model that does not fit the memories the accelerator was given; names the memory and the overflow."""
 
 

@@ -27,6 +27,30 @@ def _ubits(n: int) -> int:
     return max(1, (max(n, 1) - 1).bit_length())
 
 
+SMALL_MEMORY_BITS = 256  # kept in flip-flops: a block RAM for a handful of words wastes a scarce block
+
+
+def _memory(width: int, depth: int) -> Memory:
+    depth = max(2, depth)
+    attrs = {"ram_style": "logic"} if width * depth <= SMALL_MEMORY_BITS else None
+    return Memory(shape=signed(width), depth=depth, init=[], attrs=attrs)
+
+
+class _Zero:
+    """Stands in for a read port of a memory that is not there: reads 0, takes any address."""
+
+    def __init__(self, width: int):
+        self.data = Const(0, signed(width))
+        self.addr = Signal(24, name="unused_addr")
+
+
+class _Sink:
+    """Stands in for a write port of a memory that is not there."""
+
+    def __init__(self):
+        self.addr, self.data, self.en = Signal(24, name="unused_waddr"), Signal(64, name="unused_wdata"), Signal(name="unused_wen")
+
+
 def saturate(value, bits: int):
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
@@ -75,19 +99,22 @@ class LayerUnit(wiring.Component):
         m.submodules.weights = wmem = WeightStore(max(2, g.weight_words), P * b, self.weights_in_spram)
         banks, currents, thr, bias = [], [], [], []
         for j in range(P):
-            mem = Memory(shape=signed(V), depth=max(2, nw), init=[])
+            mem = _memory(V, nw)
             m.submodules[f"membrane{j}"] = mem
             wp = mem.write_port()
             rp = mem.read_port(transparent_for=(wp,) if self.forwarding else ())
             banks.append((rp, wp))
             if g.first:
-                cur = Memory(shape=signed(V), depth=max(2, nw), init=[])
+                cur = _memory(V, nw)
                 m.submodules[f"current{j}"] = cur
                 cwp = cur.write_port()
                 crp = cur.read_port(transparent_for=(cwp,) if self.forwarding else ())
                 currents.append((crp, cwp))
             for name, store in (("threshold", thr), ("bias", bias)):
-                mem = Memory(shape=signed(V), depth=max(2, g.groups), init=[])
+                if name == "threshold" and not g.fires:
+                    store.append((_Zero(V), _Sink()))  # the output layer never compares: no memory
+                    continue
+                mem = _memory(V, g.groups)
                 m.submodules[f"{name}{j}"] = mem
                 store.append((mem.read_port(), mem.write_port()))
 

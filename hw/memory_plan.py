@@ -16,7 +16,7 @@ BRAM_SHAPES = {
     "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
 }
 SPRAM_SHAPE = (16384, 16)
-LOGIC_BITS = 256  # yosys keeps memories this small in flip-flops
+LOGIC_BITS = 256  # memories this small are kept in flip-flops (layer_unit.SMALL_MEMORY_BITS)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def blocks_for(depth: int, width: int, shapes) -> int:
     return min(-(-width // w) * -(-depth // d) for d, w in shapes)
 
 
-def memories(geo: Geometry, max_payload: int = 1024, rx_fifo: int = 32, weights_in_spram: bool = False) -> list[MemoryUse]:
+def memories(geo: Geometry, max_payload: int = 1024, rx_fifo: int = 4, weights_in_spram: bool = False) -> list[MemoryUse]:
     P, out = geo.lanes, []
     for i, lg in enumerate(geo.layers):
         V = lg.membrane_bits
@@ -44,7 +44,8 @@ def memories(geo: Geometry, max_payload: int = 1024, rx_fifo: int = 32, weights_
         out.append(MemoryUse(f"membrane banks of layer {i}", max(2, lg.neuron_words), V, P))
         if lg.first:
             out.append(MemoryUse(f"input-current banks of layer {i}", max(2, lg.neuron_words), V, P))
-        out.append(MemoryUse(f"thresholds of layer {i}", max(2, lg.groups), V, P))
+        if lg.fires:
+            out.append(MemoryUse(f"thresholds of layer {i}", max(2, lg.groups), V, P))
         out.append(MemoryUse(f"biases of layer {i}", max(2, lg.groups), V, P))
         if i:
             ig = geo.layers[i - 1]
@@ -80,13 +81,13 @@ def budget(geo: Geometry, board: Board, max_payload: int = 1024) -> MemoryBudget
 
 def check_board_fits(geo: Geometry, board: Board, max_payload: int = 1024) -> MemoryBudget:
     b = budget(geo, board, max_payload)
-    if b.spram > board.spram:
-        raise CapacityError(f"{board.name}: the weight memories need {b.spram} SPRAMs, the {board.device} has "
-                            f"{board.spram}")
     if b.bram > board.bram:
         worst = max((r for r in b.rows if r[2] == board.bram_name), key=lambda r: r[1])
         raise CapacityError(
             f"{board.name}: the model needs {b.bram} {board.bram_name} block RAMs, the {board.device} has "
             f"{board.bram}; the largest is the {worst[0].name} ({worst[0].copies} x {worst[0].depth} words x "
             f"{worst[0].width} bits = {worst[1]} blocks). Prune more, use fewer lanes, or choose a larger board")
+    if b.spram > board.spram:
+        raise CapacityError(f"{board.name}: the weight memories (one per layer) need {b.spram} SPRAMs, the "
+                            f"{board.device} has {board.spram}: use at most {board.spram} layers")
     return b

@@ -17,7 +17,7 @@ class UARTHost(wiring.Component):
     that pauses longer than this many byte times is cut and answered with E_TIMEOUT."""
 
     def __init__(self, accel: Accelerator, divisor: int, capacities: Capacities | None = None,
-                 max_payload: int = 1024, timeout_bytes: int = 64, rx_fifo_depth: int = 32):
+                 max_payload: int = 1024, timeout_bytes: int = 64, rx_fifo_depth: int = 4):
         self.divisor = divisor
         self.processor = CommandProcessor(accel, capacities, max_payload, timeout_cycles=timeout_bytes * 10 * divisor)
         self.rx_fifo_depth = rx_fifo_depth
@@ -31,7 +31,8 @@ class UARTHost(wiring.Component):
         m = Module()
         m.submodules.receiver = receiver = UARTReceiver(self.divisor)
         m.submodules.transmitter = transmitter = UARTTransmitter(self.divisor)
-        m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=self.rx_fifo_depth)
+        # small and in flip-flops: the host waits for each reply, so only a few bytes ever queue up here
+        m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFO(width=8, depth=self.rx_fifo_depth)
         m.submodules.processor = processor = self.processor
         m.d.comb += [receiver.rx.eq(self.rx), self.tx.eq(transmitter.tx)]
         wiring.connect(m, receiver.stream, rx_fifo.w_stream)

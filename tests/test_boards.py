@@ -1,0 +1,104 @@
+"""Board builds without running a build: the memory check that refuses a model before synthesis, the PLL
+settings from the vendors' calculators, the bitstream manifest and its check, and flashing with no board."""
+import json
+import shutil
+
+import pytest
+
+from qpsnn.hw.boards import BOARDS
+from qpsnn.hw.geometry import CapacityError, geometry_of
+from qpsnn.hw.manifest import check_manifest, write_manifest
+from qpsnn.hw.memory_plan import blocks_for, budget, check_board_fits, BRAM_SHAPES
+from qpsnn.sw import modelfile
+from qpsnn.sw.cli import main
+from qpsnn.sw.fold import fold
+
+from conftest import random_model
+
+
+def mnist_sized_net():
+    return fold(random_model("c32-p2-c64-p2-fc10", in_shape=(1, 28, 28), timesteps=4), lanes=8)
+
+
+def test_block_counts_follow_the_bram_shapes():
+    assert blocks_for(1024, 21, BRAM_SHAPES["ice40"]) == 6  # 1024x4 blocks, 6 side by side
+    assert blocks_for(256, 16, BRAM_SHAPES["ice40"]) == 1
+    assert blocks_for(4096, 18, BRAM_SHAPES["ecp5"]) == 4
+
+
+def test_model_too_large_for_the_icebreaker_is_refused_naming_the_memory():
+    geo = geometry_of(mnist_sized_net(), 1)
+    with pytest.raises(CapacityError, match=r"icebreaker: the model needs \d+ SB_RAM40_4K block RAMs, the "
+                                            r"iCE40UP5K-SG48 has 30; the largest is the (membrane|input-current) "
+                                            r"banks of layer 0"):
+        check_board_fits(geo, BOARDS["icebreaker"])
+    assert check_board_fits(geo, BOARDS["ulx3s-85f"]).bram <= BOARDS["ulx3s-85f"].bram
+
+
+def test_cli_build_refuses_before_any_tool_runs(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "big.qpsnn"
+    modelfile.save(mnist_sized_net(), path)
+    monkeypatch.setenv("YOSYS", str(tmp_path / "no-such-yosys"))  # would fail loudly if synthesis started
+    assert main(["build", str(path), "--board", "icebreaker", "--out", str(tmp_path / "out")]) == 2
+    assert "SB_RAM40_4K block RAMs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_in_spram_free_block_rams(tiny_net):
+    geo = geometry_of(tiny_net, 1)
+    with_spram = budget(geo, BOARDS["icebreaker"])
+    assert with_spram.spram == len(geo.layers)
+    assert all(kind != "SB_RAM40_4K" for mem, _, kind in with_spram.rows if mem.name.startswith("weight"))
+
+
+@pytest.mark.skipif(shutil.which("yowasp-icepll") is None, reason="YoWASP tools not installed")
+def test_pll_settings_from_the_vendor_calculators():
+    from qpsnn.hw.pll import ecp5_pll, ice40_pll
+
+    ice = ice40_pll(12, 24)
+    assert ice.f_out_mhz == 24.0 and ice.params == {"DIVR": 0, "DIVF": 63, "DIVQ": 5, "FILTER_RANGE": 1}
+    ecp = ecp5_pll(25, 50)
+    assert ecp.f_out_mhz == 50.0 and 25 / ecp.params["CLKI_DIV"] * ecp.params["CLKFB_DIV"] == 50
+
+
+def _fake_bitstreams(root):
+    for board, ext in (("icebreaker", "bin"), ("ulx3s-85f", "bit")):
+        d = root / board / "digits"
+        d.mkdir(parents=True)
+        (d / f"qpsnn.{ext}").write_bytes(bytes(range(256)) * 4)
+        (d / "report.json").write_text(json.dumps({"board": board}))
+        (d / "build").mkdir()
+        (d / "build" / "qpsnn.bin").write_bytes(b"intermediate, not kept")
+
+
+def test_manifest_check_passes_then_fails_on_a_changed_bitstream(tmp_path, capsys):
+    _fake_bitstreams(tmp_path)
+    write_manifest(tmp_path)
+    listed = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert sorted(listed) == ["icebreaker/digits/qpsnn.bin", "icebreaker/digits/report.json",
+                              "ulx3s-85f/digits/qpsnn.bit", "ulx3s-85f/digits/report.json"]
+    assert check_manifest(tmp_path) == []
+    assert main(["build", "--check", "--manifest-root", str(tmp_path)]) == 0
+    bit = tmp_path / "ulx3s-85f" / "digits" / "qpsnn.bit"
+    data = bytearray(bit.read_bytes())
+    data[100] ^= 1
+    bit.write_bytes(bytes(data))
+    assert check_manifest(tmp_path) == ["ulx3s-85f/digits/qpsnn.bit: sha256 differs from the manifest (changed or corrupted)"]
+    assert main(["build", "--check", "--manifest-root", str(tmp_path)]) == 1
+    assert "sha256 differs" in capsys.readouterr().out
+
+
+def test_manifest_check_reports_missing_and_unlisted_files(tmp_path):
+    _fake_bitstreams(tmp_path)
+    write_manifest(tmp_path)
+    (tmp_path / "icebreaker" / "digits" / "report.json").unlink()
+    (tmp_path / "icebreaker" / "extra.bin").write_bytes(b"x")
+    assert check_manifest(tmp_path) == ["icebreaker/digits/report.json: missing", "icebreaker/extra.bin: not in the manifest"]
+
+
+def test_flash_without_a_programmer_says_so(tmp_path, monkeypatch, capsys):
+    bit = tmp_path / "qpsnn.bin"
+    bit.write_bytes(b"\x00" * 16)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no openFPGALoader, no iceprog
+    assert main(["flash", "--board", "icebreaker", "--bitstream", str(bit)]) == 2
+    assert "no programmer found for icebreaker" in capsys.readouterr().err
