@@ -154,6 +154,9 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
     resources = parse_nextpnr_report(build_dir / f"{NAME}.report.json", board.family)
     bitfile = out / bitstream_name(board)
     shutil.copyfile(build_dir / bitstream_name(board), bitfile)
+    if model.resolve() != (out / "model.qpsnn").resolve():
+        # the bitstream runs models of exactly this geometry: keep the one it was built for beside it
+        shutil.copyfile(model, out / "model.qpsnn")
 
     work = workload(net, lanes=lanes)
     fmax = resources.get("fmax_mhz")

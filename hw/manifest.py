@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qpsnn.sw.errors import QpsnnError
 
-KEPT = ("*.bin", "*.bit", "report.json")
+KEPT = ("*.bin", "*.bit", "*.qpsnn", "report.json")
 
 
 def _kept_files(root: Path) -> list[Path]:
