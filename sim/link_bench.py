@@ -95,16 +95,17 @@ def fuzz_frame(rng: random.Random, info, valid_read: bytes) -> bytes:
              proto.request(proto.RUN, b"\x00\x00" + bytes(rng.randrange(256) for _ in range(8))), proto.request(proto.RESET)]
     if kind == 1:
         return rng.choice(safe)
-    frame = bytearray(rng.choice(safe + risky))
-    if kind == 2:  # bit flips (a risky frame is always damaged, so its CRC fails)
-        for _ in range(rng.randrange(1, 4)):
-            i = rng.randrange(1, len(frame))
-            frame[i] ^= 1 << rng.randrange(8)
+    original = rng.choice(safe + risky)
+    frame = bytearray(original)
+    if kind == 2:  # 1 to 3 distinct bits flipped (distinct: two flips of one bit would leave a risky frame intact)
+        for bit in rng.sample(range(8, 8 * len(frame)), rng.randrange(1, 4)):
+            frame[bit // 8] ^= 1 << (bit % 8)
         return bytes(frame)
     if kind == 3:  # cut short
         return bytes(frame[:rng.randrange(1, len(frame))])
     if kind == 4:  # length field changed (CRC fails or the frame is cut)
-        struct.pack_into("<H", frame, 2, rng.choice([0, 1, 5, 1023, 1024, 1025, 4000, 65535]))
+        old_length = struct.unpack_from("<H", frame, 2)[0]
+        struct.pack_into("<H", frame, 2, rng.choice([n for n in (0, 1, 5, 1023, 1024, 1025, 4000, 65535) if n != old_length]))
         return bytes(frame)
     i = rng.randrange(1, len(frame))  # bytes inserted
     return bytes(frame[:i] + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4))) + frame[i:])
