@@ -46,7 +46,7 @@ bench-link file=model:
 bitstreams:
     qpsnn build runs/digits/model.qpsnn --board icebreaker --out bitstreams/icebreaker/digits
     qpsnn build runs/digits/model.qpsnn --board ulx3s-85f --out bitstreams/ulx3s-85f/digits
-    qpsnn build runs/mnist5k/model.qpsnn --board ulx3s-85f --clock 35 --out bitstreams/ulx3s-85f/mnist5k
+    qpsnn build runs/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --clock 35 --out bitstreams/ulx3s-85f/mnist5k
     qpsnn build --write-manifest
 
 # verify bitstreams/manifest.json against the files
