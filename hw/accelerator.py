@@ -136,8 +136,8 @@ class Accelerator(wiring.Component):
         out = units[-1]
         m.submodules.argmax = am = LaneArgmax(P, V, 16)
         final = out.trace_valid & last_t
-        # one register stage between the membrane read and the argmax (timing); the last update still lands
-        # a cycle before RESULT
+        # one register stage between the membrane read and the argmax (timing); with the argmax's own two
+        # cycles, the last beat shows in ``res_class`` on the first RESULT cycle, after SETTLE
         m.d.sync += [am.en.eq(final), am.first.eq(out.trace_addr == 0), am.base.eq(out.trace_addr * P),
                      am.lanes_valid.eq(out.trace_lanes), am.values.eq(self.trace_v)]
         m.d.comb += [self.res_class.eq(am.index),

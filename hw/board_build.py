@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from qpsnn.sw import modelfile
+from qpsnn.sw import protocol as proto
 from qpsnn.sw.errors import QpsnnError
 from qpsnn.sw.evaluate import dataset_for
 from qpsnn.sw.golden import run_golden
@@ -113,8 +114,6 @@ def parse_nextpnr_report(path: Path, family: str) -> dict:
 
 def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,
           baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None) -> dict:
-    from amaranth.back import rtlil  # noqa: F401  (fail early without the hardware extras)
-
     from .accelerator import Accelerator
     from .board_top import BoardTop
     from .pll import ecp5_pll, ice40_pll
@@ -173,7 +172,7 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
         "test_images": work["test_images"],
         "cycles_per_image": work["cycles_per_image_mean"], "cycles_per_image_max": work["cycles_per_image_max"],
         "images_per_second": round(clock_hz / work["cycles_per_image_mean"], 1),
-        "link_images_per_second": round(baud / 10 / (6 + 2 + int(np.prod(net.in_shape)) + 6 + 6 + 4 * net.classes), 1),
+        "link_images_per_second": round(baud / 10 / proto.sample_bytes(int(np.prod(net.in_shape)), net.classes, max_payload), 1),
         "bitstream": bitfile.name, "bitstream_sha256": sha256_of(bitfile),
         "build_seconds": round(time.monotonic() - started, 1),
         "command": f"qpsnn build {model} --board {board.name} --lanes {lanes} --clock {clock:g}",

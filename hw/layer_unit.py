@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from .event_queue import EventQueue, entry_layout
 from .geometry import LayerGeometry
+from .memory_plan import SMALL_MEMORY_BITS
 from .weight_store import WeightStore
 
 
@@ -27,28 +28,10 @@ def _ubits(n: int) -> int:
     return max(1, (max(n, 1) - 1).bit_length())
 
 
-SMALL_MEMORY_BITS = 256  # kept in flip-flops: a block RAM for a handful of words wastes a scarce block
-
-
 def _memory(width: int, depth: int) -> Memory:
     depth = max(2, depth)
     attrs = {"ram_style": "logic"} if width * depth <= SMALL_MEMORY_BITS else None
     return Memory(shape=signed(width), depth=depth, init=[], attrs=attrs)
-
-
-class _Zero:
-    """Stands in for a read port of a memory that is not there: reads 0, takes any address."""
-
-    def __init__(self, width: int):
-        self.data = Const(0, signed(width))
-        self.addr = Signal(24, name="unused_addr")
-
-
-class _Sink:
-    """Stands in for a write port of a memory that is not there."""
-
-    def __init__(self):
-        self.addr, self.data, self.en = Signal(24, name="unused_waddr"), Signal(64, name="unused_wdata"), Signal(name="unused_wen")
 
 
 def saturate(value, bits: int):
@@ -98,6 +81,8 @@ class LayerUnit(wiring.Component):
         # ---------------------------------------------------------------- memories
         m.submodules.weights = wmem = WeightStore(max(2, g.weight_words), P * b, self.weights_in_spram)
         banks, currents, thr, bias = [], [], [], []
+        # configuration regions with a memory per lane; the output layer never compares: no threshold memory
+        params = {1: ("threshold", thr), 2: ("bias", bias)} if g.fires else {2: ("bias", bias)}
         for j in range(P):
             mem = _memory(V, nw)
             m.submodules[f"membrane{j}"] = mem
@@ -110,10 +95,7 @@ class LayerUnit(wiring.Component):
                 cwp = cur.write_port()
                 crp = cur.read_port(transparent_for=(cwp,) if self.forwarding else ())
                 currents.append((crp, cwp))
-            for name, store in (("threshold", thr), ("bias", bias)):
-                if name == "threshold" and not g.fires:
-                    store.append((_Zero(V), _Sink()))  # the output layer never compares: no memory
-                    continue
+            for name, store in params.values():
                 mem = _memory(V, g.groups)
                 m.submodules[f"{name}{j}"] = mem
                 store.append((mem.read_port(), mem.write_port()))
@@ -124,7 +106,7 @@ class LayerUnit(wiring.Component):
         m.d.comb += [wmem.w_addr.eq(self.cfg_addr), wmem.w_data.eq(self.cfg_data),
                      wmem.w_en.eq(self.cfg_en & (self.cfg_region == 0))]
         for j in range(P):
-            for region, store in ((1, thr), (2, bias)):
+            for region, (_, store) in params.items():
                 _, wp = store[j]
                 m.d.comb += [wp.addr.eq(cfg_entry), wp.data.eq(self.cfg_data[:V]),
                              wp.en.eq(self.cfg_en & (self.cfg_region == region) & (cfg_lane == j))]
@@ -236,8 +218,8 @@ class LayerUnit(wiring.Component):
             m.d.comb += rp.addr.eq(read_addr)
             if g.first:
                 m.d.comb += currents[j][0].addr.eq(read_addr)
-            m.d.comb += [thr[j][0].addr.eq(Mux(self.cfg_rd, cfg_entry, scan_grp)),
-                         bias[j][0].addr.eq(Mux(self.cfg_rd, cfg_entry, scan_grp))]
+            for _, store in params.values():
+                m.d.comb += store[j][0].addr.eq(Mux(self.cfg_rd, cfg_entry, scan_grp))
 
         # read-back mux, one cycle after the address
         rd_region = Signal(2)
@@ -246,7 +228,7 @@ class LayerUnit(wiring.Component):
         with m.Switch(rd_region):
             with m.Case(0):
                 m.d.comb += self.cfg_rd_data.eq(wmem.r_data)
-            for region, store in ((1, thr), (2, bias)):
+            for region, (_, store) in params.items():
                 with m.Case(region):
                     for j in range(P):
                         with m.If(rd_lane == j):
@@ -293,10 +275,10 @@ class LayerUnit(wiring.Component):
             v = Signal(signed(V + 1), name=f"v{j}")
             m.d.comb += v.eq(rp.data + currents[j][0].data if g.first else rp.data)
             vs.append(v)
-            th, bi = thr[j][0].data, bias[j][0].data
+            bi = bias[j][0].data
             m.d.comb += lanes_ok[j].eq(lane_valid(s1_grp, j))
             if g.fires:
-                m.d.comb += spikes[j].eq(lanes_ok[j] & (v >= th))
+                m.d.comb += spikes[j].eq(lanes_ok[j] & (v >= thr[j][0].data))
                 after = Mux(spikes[j], 0, v)
                 nxt = saturate((after >> self.leak_shift) + bi, V)
             else:

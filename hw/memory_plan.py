@@ -16,7 +16,7 @@ BRAM_SHAPES = {
     "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
 }
 SPRAM_SHAPE = (16384, 16)
-LOGIC_BITS = 256  # memories this small are kept in flip-flops (layer_unit.SMALL_MEMORY_BITS)
+SMALL_MEMORY_BITS = 256  # kept in flip-flops (layer_unit): a block RAM for a handful of words wastes a scarce block
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def budget(geo: Geometry, board: Board, max_payload: int = 1024) -> MemoryBudget
             n = mem.copies * blocks_for(mem.depth, mem.width, (SPRAM_SHAPE,))
             spram += n
             rows.append((mem, n, "SPRAM"))
-        elif mem.depth * mem.width <= LOGIC_BITS:
+        elif mem.depth * mem.width <= SMALL_MEMORY_BITS:
             rows.append((mem, 0, "logic"))
         else:
             n = mem.copies * blocks_for(mem.depth, mem.width, BRAM_SHAPES[board.family])

@@ -19,7 +19,7 @@ from qpsnn.hw.geometry import geometry_of
 from qpsnn.sim.cycle_model import input_events, timings_for
 from qpsnn.sw import modelfile
 from qpsnn.sw.golden import run_golden
-from qpsnn.sw.packing import pack_words
+from qpsnn.sw.device import model_words
 
 
 async def _cycle(dut):
@@ -33,14 +33,9 @@ async def write_config(dut, net, geo):
         dut.cfg_data.value = value
         await _cycle(dut)
 
-    for i, layer in enumerate(net.layers):
-        for addr, word in enumerate(pack_words(layer.weight_rows().numpy(), layer.bits, geo.lanes)):
-            await write(i, 0, addr, word)
-        mask = (1 << geo.membrane_bits) - 1 if False else None
-        for ch in range(layer.channels):
-            if layer.threshold is not None:
-                await write(i, 1, ch, int(layer.threshold[ch]) & ((1 << layer.membrane_bits) - 1))
-            await write(i, 2, ch, int(layer.bias[ch]) & ((1 << layer.membrane_bits) - 1))
+    for layer, region, words in model_words(net, geo.lanes):  # what the host link's WRITEs carry
+        for addr, word in enumerate(words):
+            await write(layer, region, addr, word)
     dut.cfg_en.value = 0
     dut.init_start.value = 1
     await _cycle(dut)

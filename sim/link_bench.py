@@ -19,7 +19,7 @@ from cocotb.triggers import Timer
 
 from qpsnn.sw import modelfile
 from qpsnn.sw import protocol as proto
-from qpsnn.sw.device import model_words
+from qpsnn.sw.device import model_words, run_payloads, write_payloads
 from qpsnn.sw.golden import run_golden
 
 from .serve_bench import _reset
@@ -61,22 +61,17 @@ class Link:
 
 
 async def load_model(link: Link, net, info) -> None:
-    D = info.word_bytes
-    per = (info.max_payload - proto.WRITE_HEADER) // D
     assert (await link.request(proto.BEGIN_LOAD, proto.fingerprint_bytes(info.fingerprint)))[0] == proto.OK
-    for layer, region, words in model_words(net, info.lanes):
-        for a in range(0, len(words), per):
-            r = await link.request(proto.WRITE, proto.write_payload(layer, region, a, words[a:a + per], D))
-            assert r is not None and r[0] == proto.OK, f"write failed: {r}"
+    for payload in write_payloads(net, info):
+        r = await link.request(proto.WRITE, payload)
+        assert r is not None and r[0] == proto.OK, f"write failed: {r}"
     assert (await link.request(proto.RESET))[0] == proto.OK
 
 
 async def run_sample(link: Link, image: np.ndarray, info) -> tuple[int, int, list[int]] | None:
-    pixels = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
-    chunk = info.max_payload - proto.RUN_HEADER
     r = None
-    for off in range(0, len(pixels), chunk):
-        r = await link.request(proto.RUN, off.to_bytes(2, "little") + pixels[off:off + chunk])
+    for payload in run_payloads(image, info):
+        r = await link.request(proto.RUN, payload)
         if r is None or r[0] != proto.OK:
             return None
     return proto.decode_result(r[1], info.classes)

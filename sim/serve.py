@@ -62,8 +62,7 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
             threading.Thread(target=watch, daemon=True).start()
         try:
             runner.test(hdl_toplevel=top, test_module=test_module, build_dir=build, waves=waves, test_dir=tmp,
-                        extra_env={"QPSNN_SERVE_JOB": str(Path(tmp) / "job.json"), "QPSNN_BENCH_JOB": str(Path(tmp) / "job.json"),
-                                   "COCOTB_LOG_LEVEL": "WARNING"},
+                        extra_env={"QPSNN_BENCH_JOB": str(Path(tmp) / "job.json"), "COCOTB_LOG_LEVEL": "WARNING"},
                         log_file=Path(tmp) / "test.log")
         except SystemExit:
             pass

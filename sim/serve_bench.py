@@ -1,6 +1,6 @@
 """cocotb bench behind `qpsnn serve-sim`: the UART top level with its RX/TX pins bridged to a TCP socket,
 or the register-window top level with register reads and writes bridged to one. Serves one client at a
-time until the process is stopped. The job comes in the file $QPSNN_SERVE_JOB."""
+time until the process is stopped. The job comes in the file $QPSNN_BENCH_JOB."""
 from __future__ import annotations
 
 import json
@@ -93,7 +93,7 @@ async def _serve_mmio(dut, conn: socket.socket) -> None:
 
 @cocotb.test()
 async def serve(dut):
-    with open(os.environ["QPSNN_SERVE_JOB"]) as f:
+    with open(os.environ["QPSNN_BENCH_JOB"]) as f:
         job = json.load(f)
     if job["mode"] == "mmio":
         dut.w_en.value, dut.r_en.value, dut.addr.value = 0, 0, 0

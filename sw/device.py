@@ -60,6 +60,21 @@ def model_words(net: IntNet, lanes: int) -> list[tuple[int, int, list[int]]]:
     return out
 
 
+def write_payloads(net: IntNet, info: proto.DeviceInfo):
+    """The WRITE payloads that configure the accelerator for ``net``, each filling one frame."""
+    per_frame = (info.max_payload - proto.WRITE_HEADER) // info.word_bytes
+    for layer, region, words in model_words(net, info.lanes):
+        for addr in range(0, len(words), per_frame):
+            yield proto.write_payload(layer, region, addr, words[addr:addr + per_frame], info.word_bytes)
+
+
+def run_payloads(image: np.ndarray, info: proto.DeviceInfo) -> list[bytes]:
+    """The RUN payloads of one sample: its raw pixels in frame-sized chunks, each with its pixel offset."""
+    pixels = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    chunk = info.max_payload - proto.RUN_HEADER
+    return [offset.to_bytes(2, "little") + pixels[offset:offset + chunk] for offset in range(0, len(pixels), chunk)]
+
+
 class Device:
     def __init__(self, url: str, timeout: float = 2.0, retries: int = 3, baudrate: int = 115200, transport=None):
         self.url, self.timeout, self.retries = url, timeout, retries
@@ -170,14 +185,9 @@ class Device:
         self.check_fits(net)
         self.request(proto.BEGIN_LOAD, proto.fingerprint_bytes(info.fingerprint))
         D = info.word_bytes
-        per_frame = (info.max_payload - proto.WRITE_HEADER) // D
-        words_total = 0
+        for payload in write_payloads(net, info):
+            self.request(proto.WRITE, payload)
         regions = model_words(net, info.lanes)
-        for layer, region, words in regions:
-            for addr in range(0, len(words), per_frame):
-                part = words[addr:addr + per_frame]
-                self.request(proto.WRITE, proto.write_payload(layer, region, addr, part, D))
-                words_total += len(part)
         if verify:
             per_read = info.max_payload // D
             for layer, region, words in regions:
@@ -191,19 +201,19 @@ class Device:
                                           f"wrote {words[addr + bad]:#x}, read {got[bad]:#x}")
         self.reset()
         return LoadReport(self.stats.bytes_sent - before.bytes_sent, self.stats.bytes_received - before.bytes_received,
-                          self.stats.frames - before.frames, words_total, time.monotonic() - start)
+                          self.stats.frames - before.frames, sum(len(w) for _, _, w in regions),
+                          time.monotonic() - start)
 
     def run(self, image: np.ndarray) -> tuple[int, int, list[int]]:
         """One sample: raw pixels in chunks; the last chunk's reply is the result."""
         info = self.info
-        pixels = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
-        if len(pixels) != int(np.prod(info.in_shape)):
-            raise DeviceError(f"an image of {len(pixels)} pixels for an accelerator that takes {info.in_shape}")
-        chunk = info.max_payload - proto.RUN_HEADER
+        if np.size(image) != int(np.prod(info.in_shape)):
+            raise DeviceError(f"an image of {np.size(image)} pixels for an accelerator that takes {info.in_shape}")
+        payloads = run_payloads(image, info)
         for attempt in range(self.retries + 1):
             try:
-                for offset in range(0, len(pixels), chunk):
-                    body = self.request(proto.RUN, offset.to_bytes(2, "little") + pixels[offset:offset + chunk])
+                for payload in payloads:
+                    body = self.request(proto.RUN, payload)
                 return proto.decode_result(body, info.classes)
             except DeviceRefused as exc:
                 # a chunk the device took but whose reply was lost comes back as out of sequence: start over

@@ -149,6 +149,15 @@ def fingerprint(geo) -> int:
     return zlib.crc32(struct.pack(f"<{len(parts)}i", *parts))
 
 
+def sample_bytes(pixels: int, classes: int, max_payload: int) -> int:
+    """Bytes on the wire, both ways, to run one sample: its RUN chunks, an empty OK for each but the last, and
+    the result reply."""
+    chunk = max_payload - RUN_HEADER
+    chunks = -(-pixels // chunk)
+    frame = len(request(RUN))  # framing around a payload
+    return chunks * frame + pixels + chunks * RUN_HEADER + (chunks - 1) * frame + frame + RESULT_FIXED + 4 * classes
+
+
 def decode_result(payload: bytes, classes: int) -> tuple[int, int, list[int]]:
     """(class, cycles, potentials) from a RUN or RESULT reply."""
     if len(payload) != RESULT_FIXED + 4 * classes:

@@ -47,3 +47,16 @@ def test_result_decoding():
     payload = (3).to_bytes(2, "little") + (1234).to_bytes(4, "little") + b"".join(
         v.to_bytes(4, "little", signed=True) for v in (-5, 7))
     assert proto.decode_result(payload, 2) == (3, 1234, [-5, 7])
+
+
+def test_sample_bytes_counts_the_frames_a_sample_takes():
+    import numpy as np
+
+    from qpsnn.sw.device import run_payloads
+
+    for pixels, max_payload in ((64, 1024), (64, 64), (784, 512)):
+        info = proto.DeviceInfo(1, 1, 4, 10, 20, 8, max_payload, 0, (1, 1, pixels), ())
+        payloads = run_payloads(np.zeros(pixels, dtype=np.uint8), info)
+        wire = sum(len(proto.request(proto.RUN, p)) for p in payloads) + (len(payloads) - 1) * len(proto.reply(proto.OK)) \
+            + len(proto.reply(proto.OK, bytes(proto.RESULT_FIXED + 4 * 10)))
+        assert proto.sample_bytes(pixels, 10, max_payload) == wire
