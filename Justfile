@@ -52,3 +52,7 @@ bitstreams:
 # verify bitstreams/manifest.json against the files
 check-bitstreams:
     qpsnn build --check
+
+# rebuild every kept bitstream with the command in its report.json and compare the sha256 with the manifest
+reproduce-bitstreams:
+    qpsnn build --reproduce

@@ -50,19 +50,20 @@ def bitstream_name(board: Board) -> str:
     return f"{NAME}.bin" if board.family == "ice40" else f"{NAME}.bit"
 
 
-def workload(net, dataset: str | None = None, data_path: str | None = None, lanes: int = 8, chunk: int = 100) -> dict:
+def workload(net, dataset: str | None = None, data_path: str | None = None, lanes: int = 8, chunk: int = 100,
+             offsets: int = 1) -> dict:
     """Accuracy of the integer model and cycles per image from the cycle model, over the whole test set."""
     from qpsnn.sim.cycle_model import timings_for
 
     data = dataset_for(net, dataset, data_path)
     images, labels = data.test.images, data.test.labels
-    geo = geometry_of(net, lanes)
+    geo = geometry_of(net, lanes, offsets)
     cycles, correct = [], 0
     for s in range(0, len(images), chunk):
         part = np.ascontiguousarray(images[s:s + chunk])
         golden = run_golden(net, torch.from_numpy(part), trace=True)
         correct += int((golden.classes.numpy() == np.asarray(labels[s:s + chunk])).sum())
-        cycles += [t.total for t in timings_for(geo, part, golden)]
+        cycles += [t.total for t in timings_for(geo, golden)]
     return {"dataset": data.name if hasattr(data, "name") else dataset, "test_images": len(images),
             "accuracy": round(100.0 * correct / len(images), 3), "cycles_per_image_mean": round(float(np.mean(cycles)), 1),
             "cycles_per_image_max": int(np.max(cycles))}
@@ -89,6 +90,9 @@ def _run_steps(build_dir: Path, reporter: Reporter, title: str) -> None:
 
 def _explain_failure(tool: str, log: Path) -> None:
     text = log.read_text(errors="replace")
+    report = log.parent / f"{NAME}.rpt"  # yosys runs quiet and logs there
+    if not text.strip() and report.exists():
+        log, text = report, report.read_text(errors="replace")
     for line in text.splitlines():
         if "Unable to place cell" in line or "cells of type" in line and "available" in line or "not enough" in line.lower():
             raise CapacityError(f"{tool.lower()}: {line.strip()} (see {log})")
@@ -112,21 +116,57 @@ def parse_nextpnr_report(path: Path, family: str) -> dict:
     return out
 
 
-def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,
-          baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None) -> dict:
+def host_design(net, board: Board, lanes: int, offsets: int, divisor: int = 104):
+    """The board's design without its PLL and pins: the accelerator behind the UART host link."""
     from .accelerator import Accelerator
+    from .uart_host import UARTHost
+
+    geo = geometry_of(net, lanes, offsets)
+    return UARTHost(Accelerator(geo, weights_in_spram=board.weights_in_spram), divisor, max_payload=board.max_payload)
+
+
+DSP_RESERVE = 12  # DSP blocks left for what yosys maps besides the encoder's products
+
+
+def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
+    """The largest power-of-two P that fits the board's memories and DSP blocks, and why no larger one."""
+    widest = max(layer.channels for layer in net.layers)
+    refused = []
+    for lanes in (64, 32, 16, 8, 4, 2, 1):
+        if lanes > board.max_auto_lanes or lanes >= 2 * widest:
+            continue
+        products = lanes * offsets  # the encoder's multipliers: P per kernel offset read per cycle
+        if board.family == "ecp5" and products > board.dsp - DSP_RESERVE:
+            refused.append(f"P={lanes} needs {products} multipliers, the {board.device} has {board.dsp} DSP blocks")
+            continue
+        try:
+            check_board_fits(host_design(net, board, lanes, offsets), board)
+        except CapacityError as exc:
+            refused.append(f"P={lanes}: {exc}")
+            continue
+        why = f"the largest that fits ({refused[0]})" if refused else (
+            f"the board's limit for automatic lanes ({board.max_auto_lanes}: logic runs out before memory)"
+            if lanes == board.max_auto_lanes else "wide enough for the widest layer")
+        return lanes, why
+    raise CapacityError(f"{board.name}: no P fits; {refused[-1] if refused else 'the model is too large'}")
+
+
+def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,
+          baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None,
+          offsets: int | None = None) -> dict:
     from .board_top import BoardTop
     from .pll import ecp5_pll, ice40_pll
-    from .uart_host import UARTHost
 
     reporter = reporter or Reporter()
     board = board_named(board_name)
     max_payload = board.max_payload
     model = Path(model)
     net = modelfile.load(model)
-    lanes = lanes or board.default_lanes
-    geo = geometry_of(net, lanes)
-    memory = check_board_fits(geo, board, max_payload)  # refuse before synthesis
+    offsets = offsets or board.default_offsets
+    if lanes is None:
+        lanes, why = auto_lanes(net, board, offsets)
+        reporter.log(f"lanes auto: P={lanes}, {why}")
+    memory = check_board_fits(host_design(net, board, lanes, offsets), board)  # refuse before synthesis
     clock = clock_mhz or board.default_mhz
     if clock == board.clock_mhz:
         pll = None
@@ -140,14 +180,15 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
     build_dir = out / "build"
     if build_dir.exists():
         shutil.rmtree(build_dir)
-    reporter.log(f"{board.name}: {board.device}, P={lanes}, {clock_hz / 1e6:g} MHz, UART {baud} baud; "
+    reporter.log(f"{board.name}: {board.device}, P={lanes}, {offsets} kernel offset(s) per cycle, {clock_hz / 1e6:g} MHz, UART {baud} baud; "
                  f"estimated {memory.bram} {board.bram_name} + {memory.spram} SPRAM")
 
     started = time.monotonic()
-    host = UARTHost(Accelerator(geo, weights_in_spram=board.weights_in_spram), divisor, max_payload=max_payload)
+    host = host_design(net, board, lanes, offsets, divisor)
     top = BoardTop(board, host, pll)
-    plan = board.platform().build(top, name=NAME, do_build=False,
-                                  nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail")
+    synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", board.synth_opts)  # an escape hatch for yosys's own bugs
+    plan = board.platform().build(top, name=NAME, do_build=False, synth_opts=synth_opts,
+                                  nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail {board.nextpnr_opts}")
     plan.extract(str(build_dir))
     _run_steps(build_dir, reporter, f"build {board.name}")
     resources = parse_nextpnr_report(build_dir / f"{NAME}.report.json", board.family)
@@ -157,12 +198,12 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
         # the bitstream runs models of exactly this geometry: keep the one it was built for beside it
         shutil.copyfile(model, out / "model.qpsnn")
 
-    work = workload(net, lanes=lanes)
+    work = workload(net, lanes=lanes, offsets=offsets)
     fmax = resources.get("fmax_mhz")
     clock_mhz_built = clock_hz / 1e6
     report = {
         "board": board.name, "device": board.device, "model": model.name, "model_sha256": sha256_of(model),
-        "lanes": lanes, "clock_mhz": round(clock_mhz_built, 3), "uart_baud": baud, "uart_divisor": divisor,
+        "lanes": lanes, "offsets": offsets, "clock_mhz": round(clock_mhz_built, 3), "uart_baud": baud, "uart_divisor": divisor,
         "fmax_mhz": fmax, "timing_met": fmax is not None and fmax >= clock_mhz_built,
         "logic": {"name": board.logic_name, **resources.get("logic", {})},
         "bram": {"name": board.bram_name, **resources.get("bram", {}), "estimated": memory.bram},
@@ -175,7 +216,7 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
         "link_images_per_second": round(baud / 10 / proto.sample_bytes(int(np.prod(net.in_shape)), net.classes, max_payload), 1),
         "bitstream": bitfile.name, "bitstream_sha256": sha256_of(bitfile),
         "build_seconds": round(time.monotonic() - started, 1),
-        "command": f"qpsnn build {model} --board {board.name} --lanes {lanes} --clock {clock:g}",
+        "command": f"qpsnn build {model} --board {board.name} --lanes {lanes} --offsets {offsets} --clock {clock:g}",
     }
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

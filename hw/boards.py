@@ -24,9 +24,12 @@ class Board:
     bram_name: str
     spram: int = 0  # 256-kbit single-port RAMs (iCE40 UP)
     dsp: int = 0
-    default_lanes: int = 8
+    default_offsets: int = 9  # kernel offsets per cycle: 9 where block RAMs are many, 1 where they are scarce
     weights_in_spram: bool = False
     max_payload: int = 1024  # the host link's frame buffer
+    synth_opts: str = ""  # extra options of yosys's synth_ice40 / synth_ecp5
+    nextpnr_opts: str = ""  # extra options of nextpnr
+    max_auto_lanes: int = 64  # where logic, not memory, runs out first: the largest P `--lanes auto` tries
 
     def platform(self):
         import importlib
@@ -36,10 +39,14 @@ class Board:
 
 BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "ICEBreakerPlatform", "icebreaker", "clk12", 12.0, 18.0,
-                        5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_lanes=1, weights_in_spram=True,
-                        max_payload=512),
+                        5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_offsets=1,
+                        weights_in_spram=True, max_payload=512, max_auto_lanes=1,  # P=2 needs 5,601 LCs
+                        synth_opts="-dsp"),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
     "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 40.0,
-                       83640, "LUT4", 208, 18432, "DP16KD", dsp=156, default_lanes=8),
+                       83640, "LUT4", 208, 18432, "DP16KD", dsp=156,
+                       # yosys 0.70's abc9 trips an assertion (rtlil.cc:3091) mapping the kernel-parallel digits
+                       # design with LUT RAM; router1 did not converge on the MNIST design in 10 minutes, router2 does
+                       synth_opts="-nolutram", nextpnr_opts="--router router2"),
 }
 
 

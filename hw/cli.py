@@ -8,9 +8,13 @@ from pathlib import Path
 def cmd_build(args) -> int:
     from qpsnn.sw.errors import QpsnnError
 
-    from .manifest import check_manifest, write_manifest
+    from .manifest import check_manifest, reproduce, write_manifest
 
     root = Path(args.manifest_root)
+    if args.reproduce:
+        problems = reproduce(root)
+        print(f"{root}: {'every kept bitstream rebuilds to its manifest sha256' if not problems else str(len(problems)) + ' differ'}")
+        return 0 if not problems else 1
     if args.check:
         problems = check_manifest(root)
         for p in problems:
@@ -24,7 +28,7 @@ def cmd_build(args) -> int:
         raise QpsnnError("give a model file and --board (or --check / --write-manifest)")
     from .board_build import build
 
-    report = build(args.file, args.board, args.lanes, args.clock, args.baud, args.out)
+    report = build(args.file, args.board, args.lanes, args.clock, args.baud, args.out, offsets=args.offsets)
     print(json.dumps(report, indent=1))
     if not report["timing_met"]:
         print(f"qpsnn: timing NOT met: Fmax {report['fmax_mhz']} MHz < {report['clock_mhz']} MHz; "
@@ -44,18 +48,37 @@ def cmd_flash(args) -> int:
     return 0
 
 
+def _lanes(text: str):
+    import argparse
+
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a power of two or auto") from None
+    if value < 1 or value > 64 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"{value} is not a power of two in 1..64")
+    return value
+
+
 def register(sub) -> None:
     from .boards import BOARDS
 
     p = sub.add_parser("build", help="build a bitstream for a dev board (YoWASP yosys/nextpnr) and its report.json")
     p.add_argument("file", nargs="?")
     p.add_argument("--board", choices=sorted(BOARDS))
-    p.add_argument("--lanes", type=int, help="P (default: 1 on the iCEBreaker, 8 on the ULX3S)")
+    p.add_argument("--lanes", type=_lanes, default=None,
+                   help="P, output neurons per cycle: a power of two, or auto (default): the largest that fits the board")
+    p.add_argument("--offsets", type=int, choices=(1, 9),
+                   help="kernel offsets a conv layer updates per cycle (default: 1 on the iCEBreaker, 9 on the ULX3S)")
     p.add_argument("--clock", type=float, help="MHz from the PLL (default: 18 iCEBreaker, 40 ULX3S)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--out", help="folder for the bitstream and report.json (default bitstreams/BOARD)")
     p.add_argument("--check", action="store_true", help="verify bitstreams/manifest.json against the files")
     p.add_argument("--write-manifest", action="store_true", help="(re)write bitstreams/manifest.json")
+    p.add_argument("--reproduce", action="store_true",
+                   help="rebuild every kept bitstream with the command in its report.json and compare with the manifest")
     p.add_argument("--manifest-root", default="bitstreams")
     p.set_defaults(func=cmd_build)
 

@@ -5,10 +5,9 @@ A request's payload is buffered and its CRC checked before anything acts on it, 
 refused frame never changes the device. Every wait is bounded: a frame that stops arriving times out after
 ``timeout_cycles`` without a byte (reply ``E_TIMEOUT``), and running a sample always ends in a result.
 
-RUN carries raw pixels (``offset`` + bytes, chunked by the driver); the processor turns them into the
-accelerator's bit-plane events itself (raster order, planes 0..7, like `qpsnn.sim.cycle_model.input_events`),
-holding one event back so the last one can be marked. The accelerator does not count the cycles it waits
-for input, so the cycles reported over the link equal the cycle model's.
+RUN carries raw pixels (``offset`` + bytes, chunked by the driver); the processor streams them into the
+accelerator's pixel port in raster order. The accelerator does not count the cycles it waits for input, so
+the cycles reported over the link equal the cycle model's.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ def device_info(accel: Accelerator, capacities: Capacities, max_payload: int) ->
                    for lg, wcap, ncap in zip(geo.layers, capacities.weight_words, capacities.neuron_words))
     return proto.DeviceInfo(proto.VERSION, geo.lanes, geo.timesteps, geo.classes, geo.membrane_bits,
                             proto.word_bytes(accel.data_bits), max_payload, proto.fingerprint(geo),
-                            tuple(geo.in_shape), layers)
+                            tuple(geo.in_shape), layers, geo.offsets)
 
 
 class CommandProcessor(wiring.Component):
@@ -101,22 +100,16 @@ class CommandProcessor(wiring.Component):
         m.d.comb += [acc.cfg_layer.eq(layer), acc.cfg_region.eq(region), acc.cfg_addr.eq(addr),
                      acc.cfg_data.eq(word)]
 
-        # sample: pixel position, its (c, y, x), the held-back event
+        # sample: pixels of the open sample so far, the one being pushed
         pix_pos = Signal(range(n_pix + 1))
-        pc, py, px = Signal(range(max(C, 2))), Signal(range(max(H, 2))), Signal(range(max(W, 2)))
         pix = Signal(8)
-        plane = Signal(3)
-        held = Signal(len(pc) + len(py) + len(px) + 3)
-        have_held = Signal()
-        hc, hy, hx, hk = held[:len(pc)], held[len(pc):len(pc) + len(py)], held[len(pc) + len(py):-3], held[-3:]
-        m.d.comb += [acc.in_channel.eq(hc), acc.in_y.eq(hy), acc.in_x.eq(hx), acc.in_plane.eq(hk)]
+        m.d.comb += acc.pixels.payload.eq(pix)
         sample_open = pix_pos != 0
 
         # the last result
         have_result = Signal()
         res_class, res_cycles = Signal(16), Signal(32)
         res_pots = [Signal(32, name=f"res_pot{i}") for i in range(K)]
-        V = geo.membrane_bits
         res_bytes_v = Cat(res_class, res_cycles, *res_pots)
         res_bytes = Array(res_bytes_v[8 * i:8 * i + 8] for i in range(len(res_bytes_v) // 8))
 
@@ -127,26 +120,6 @@ class CommandProcessor(wiring.Component):
         def succeed(n_bytes=0, reply_mode=0):
             m.d.sync += [status.eq(proto.OK), rlen.eq(n_bytes), mode.eq(reply_mode)]
             m.next = "T_SOF"
-
-        def next_plane(then):
-            """Advance to the next bit plane, pixel, or the end of the chunk."""
-            with m.If(plane != 7):
-                m.d.sync += plane.eq(plane + 1)
-                m.next = "CV_SCAN"
-            with m.Else():
-                m.d.sync += [pix_pos.eq(pix_pos + 1), rd_ptr.eq(rd_ptr + 1)]
-                with m.If(px != W - 1):
-                    m.d.sync += px.eq(px + 1)
-                with m.Else():
-                    m.d.sync += px.eq(0)
-                    with m.If(py != H - 1):
-                        m.d.sync += py.eq(py + 1)
-                    with m.Else():
-                        m.d.sync += [py.eq(0), pc.eq(pc + 1)]
-                with m.If(rd_ptr + 1 == length):
-                    m.next = "CHUNK_END"
-                with m.Else():
-                    m.next = "CV_FETCH"
 
         receiving = ("CMD", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")
         with m.FSM(name="link") as fsm:
@@ -282,8 +255,7 @@ class CommandProcessor(wiring.Component):
             # ---- RESET: the accelerator's registers, then an init scan of every membrane and current
             with m.State("RST0"):
                 m.d.comb += accel_reset.eq(1)
-                m.d.sync += [pix_pos.eq(0), pc.eq(0), py.eq(0), px.eq(0), plane.eq(0), have_held.eq(0),
-                             have_result.eq(0)]
+                m.d.sync += [pix_pos.eq(0), have_result.eq(0)]
                 m.next = "RST1"
             with m.State("RST1"):
                 m.d.comb += acc.init_start.eq(1)
@@ -327,41 +299,33 @@ class CommandProcessor(wiring.Component):
                 with m.Else():
                     succeed(count * D, 1)
 
-            # ---- RUN: pixels to bit-plane events
-            with m.State("CV_FETCH"):
+            # ---- RUN: the chunk's pixels into the accelerator, one per cycle while it takes them
+            with m.State("CV_FETCH"):  # brp.addr = rd_ptr; its byte arrives next cycle
                 m.next = "CV_TAKE"
             with m.State("CV_TAKE"):
-                m.d.sync += [pix.eq(brp.data), plane.eq(0)]
-                m.next = "CV_SCAN"
-            with m.State("CV_SCAN"):
-                bit = pix.bit_select(plane, 1)
-                with m.If(bit & have_held):
-                    m.next = "CV_PUSH"
-                with m.Else():
-                    with m.If(bit):
-                        m.d.sync += [held.eq(Cat(pc, py, px, plane)), have_held.eq(1)]
-                    next_plane("CV_SCAN")
+                m.d.sync += pix.eq(brp.data)
+                m.next = "CV_PUSH"
             with m.State("CV_PUSH"):
-                m.d.comb += acc.in_valid.eq(1)
-                with m.If(acc.in_ready):
-                    m.d.sync += held.eq(Cat(pc, py, px, plane))
-                    next_plane("CV_SCAN")
+                m.d.comb += acc.pixels.valid.eq(1)
+                with m.If(acc.pixels.ready):
+                    m.d.sync += [pix_pos.eq(pix_pos + 1), rd_ptr.eq(rd_ptr + 1)]
+                    with m.If(rd_ptr + 1 == length):
+                        m.next = "CHUNK_END"
+                    with m.Else():
+                        m.next = "CV_FETCH"
             with m.State("CHUNK_END"):
                 with m.If(pix_pos == n_pix):
-                    m.next = "LAST_PUSH"
+                    m.d.sync += pix_pos.eq(0)
+                    m.next = "WAIT_RESULT"
                 with m.Else():
                     succeed()
-            with m.State("LAST_PUSH"):
-                m.d.comb += [acc.in_valid.eq(1), acc.in_last.eq(1), acc.in_none.eq(~have_held)]
-                with m.If(acc.in_ready):
-                    m.d.sync += [have_held.eq(0), pix_pos.eq(0), pc.eq(0), py.eq(0), px.eq(0)]
-                    m.next = "WAIT_RESULT"
             with m.State("WAIT_RESULT"):
-                with m.If(acc.res_valid):
-                    m.d.comb += acc.res_ready.eq(1)
-                    m.d.sync += [res_class.eq(acc.res_class), res_cycles.eq(acc.res_cycles), have_result.eq(1)]
+                with m.If(acc.result.valid):
+                    m.d.comb += acc.result.ready.eq(1)
+                    m.d.sync += [res_class.eq(acc.result.payload.label), res_cycles.eq(acc.result.payload.cycles),
+                                 have_result.eq(1)]
                     for i in range(K):
-                        m.d.sync += res_pots[i].eq(acc.res_potentials[i * V:(i + 1) * V].as_signed())
+                        m.d.sync += res_pots[i].eq(acc.result.payload.potentials[i])
                     succeed(len(res_bytes), 2)
 
             # ---- reply: SOF, status, length, payload, CRC (high byte first)

@@ -4,6 +4,11 @@ Shared by the RTL generator, the cycle model and the testbenches, so all three a
 way. Neuron (o, y, x) of a conv layer lives in lane o % P at a *window-major* address: with 2x2 pooling the
 four neurons of a pool window are consecutive, so the fire scan can OR them and emit one queue entry per
 window. Queue entries are (group, position, P-bit spike mask): one entry carries up to P events.
+
+With ``offsets=9`` (kernel-parallel) the membranes of a conv layer after the first are *interleaved* over
+nine banks by ``(y mod 3, x mod 3)``: the nine outputs one input event reaches are then always in nine
+different banks, so all nine kernel offsets update in one cycle. The window-major address stays the
+logical name of a neuron (trace, fire-scan order); `bank_of` gives its bank and word within the bank.
 """
 from __future__ import annotations
 
@@ -18,8 +23,15 @@ class CapacityError(QpsnnError, ValueError):
     """A model that does not fit the memories the accelerator was given; names the memory and the overflow."""
 
 
-def _bits_for(n: int) -> int:
-    return max(1, (max(n, 1) - 1).bit_length())
+KERNEL = 3  # every conv is 3x3, padding 1
+PARALLEL_OFFSETS = KERNEL * KERNEL
+OFFSET_CHOICES = (1, PARALLEL_OFFSETS)
+DEFAULT_OFFSETS = PARALLEL_OFFSETS  # the simulations' default; a board build picks its own (`boards.py`)
+ENCODER_LATENCY = 3  # cycles from a neuron's last issue in the encoder to its record of timestep 0
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class LayerGeometry:
     membrane_bits: int
     weight_rows: int
     first: bool
+    offsets: int = 1  # kernel offsets updated per cycle (1, or 9 = kernel-parallel)
 
     @property
     def fires(self) -> bool:
@@ -51,6 +64,39 @@ class LayerGeometry:
     @property
     def positions(self) -> int:
         return self.height * self.width
+
+    @property
+    def interleaved(self) -> bool:
+        """Membranes spread over nine banks so one event updates all its kernel offsets in one cycle."""
+        return self.kind == "conv" and self.offsets == PARALLEL_OFFSETS and not self.first
+
+    @property
+    def weight_memories(self) -> int:
+        """Conv layers built kernel-parallel keep one weight memory per kernel offset, read together."""
+        return PARALLEL_OFFSETS if self.kind == "conv" and self.offsets == PARALLEL_OFFSETS else 1
+
+    @property
+    def banks(self) -> int:
+        return PARALLEL_OFFSETS if self.interleaved else 1
+
+    @property
+    def bank_height(self) -> int:
+        return _ceil_div(self.height, KERNEL) if self.interleaved else self.height
+
+    @property
+    def bank_width(self) -> int:
+        return _ceil_div(self.width, KERNEL) if self.interleaved else self.width
+
+    @property
+    def bank_words(self) -> int:
+        """Words of each membrane bank."""
+        return self.groups * self.bank_height * self.bank_width if self.interleaved else self.neuron_words
+
+    def bank_of(self, group: int, y: int, x: int) -> tuple[int, int]:
+        """(bank, word) of neuron position (y, x) of ``group``; a single bank holds the window-major address."""
+        if not self.interleaved:
+            return 0, self.neuron_address(group, y, x)
+        return (y % KERNEL) * KERNEL + x % KERNEL, (group * self.bank_height + y // KERNEL) * self.bank_width + x // KERNEL
 
     @property
     def neuron_words(self) -> int:
@@ -100,15 +146,6 @@ class LayerGeometry:
         kx = min(2, x + 1) - max(0, x + 2 - self.width) + 1
         return ky * kx
 
-    def event_cycles(self, y: int, x: int) -> int:
-        """Update cycles of one event: each valid offset times each group of P outputs."""
-        return self.valid_offsets(y, x) * self.groups
-
-    def fanout(self, y: int, x: int) -> int:
-        return self.valid_offsets(y, x) * self.channels
-
-    def scan_words(self) -> int:
-        return self.neuron_words
 
 
 @dataclass(frozen=True)
@@ -119,24 +156,30 @@ class Geometry:
     leak_shift: int
     in_shape: tuple[int, int, int]
     layers: tuple[LayerGeometry, ...]
+    offsets: int = 1
 
     @property
     def membrane_bits(self) -> int:
         return max(layer.membrane_bits for layer in self.layers)
 
 
-def geometry_of(net: IntNet, lanes: int | None = None) -> Geometry:
+def geometry_of(net: IntNet, lanes: int | None = None, offsets: int = 1) -> Geometry:
     lanes = lanes or net.lanes
+    if offsets not in (1, PARALLEL_OFFSETS):
+        raise CapacityError(f"kernel offsets per cycle must be 1 or {PARALLEL_OFFSETS}, not {offsets}")
     layers = []
     for i, layer in enumerate(net.layers):
-        layers.append(_layer_geometry(i, layer, lanes))
+        layers.append(_layer_geometry(i, layer, lanes, offsets))
+    if layers[0].kind != "conv":
+        raise CapacityError("the accelerator's first layer is a convolution (its spike-train encoder); "
+                            "this model starts with a fully connected layer")
     for lg in layers:
         if lg.kind == "conv" and lg.pool == 2 and (lg.height % 2 or lg.width % 2):
             raise CapacityError(f"layer {lg.index}: 2x2 pooling of a {lg.height}x{lg.width} map needs even sizes in hardware")
-    return Geometry(lanes, net.timesteps, net.classes, net.leak_shift, tuple(net.in_shape), tuple(layers))
+    return Geometry(lanes, net.timesteps, net.classes, net.leak_shift, tuple(net.in_shape), tuple(layers), offsets)
 
 
-def _layer_geometry(i: int, layer: IntLayer, lanes: int) -> LayerGeometry:
+def _layer_geometry(i: int, layer: IntLayer, lanes: int, offsets: int = 1) -> LayerGeometry:
     if layer.kind == "conv":
         c_in, h, w = layer.in_shape
         in_h, in_w = h, w
@@ -147,7 +190,8 @@ def _layer_geometry(i: int, layer: IntLayer, lanes: int) -> LayerGeometry:
     return LayerGeometry(
         index=i, kind=layer.kind, lanes=lanes, channels=layer.channels, in_channels=c_in, height=h, width=w,
         pool=layer.pool, in_height=in_h, in_width=in_w, bits=layer.bits, weight_shift=layer.weight_shift,
-        membrane_bits=layer.membrane_bits, weight_rows=int(layer.weight_rows().shape[0]), first=(i == 0))
+        membrane_bits=layer.membrane_bits, weight_rows=int(layer.weight_rows().shape[0]), first=(i == 0),
+        offsets=offsets)
 
 
 @dataclass(frozen=True)

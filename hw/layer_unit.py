@@ -1,195 +1,183 @@
-"""One layer of the accelerator: its packed weight memory, P membrane banks, thresholds and biases, the event
-pipeline (one weight word and P membrane read-modify-writes per cycle) and the fire scan.
+"""One layer after the encoder: its packed weights, its membranes (P lanes per word), thresholds and biases,
+the event pipeline and the fire scan.
 
-Event pipeline, per update: cycle n reads the weight word and the P membranes at one address; cycle n+1 adds
-each lane's decoded weight and writes back. Two updates in a row to the same address are a read-after-write
-hazard; the membrane read port is transparent for the write port (``forwarding=True``), which forwards the
-value being written. ``forwarding=False`` exists only to show that the testbench catches the hazard.
+Event pipeline: cycle n reads the weight word(s) and the membrane word(s) an event reaches; cycle n+1 adds
+each lane's decoded weight and writes back. Serial (``offsets`` = 1): one kernel offset x P outputs per
+cycle. Kernel-parallel (``offsets`` = 9, conv): the membranes are interleaved over nine banks by
+(y mod 3, x mod 3), so the nine outputs of one event are in nine banks and all nine offsets update in one
+cycle; each bank picks the weight word of the offset that lands in it. Two updates in a row to the same
+word are a read-after-write hazard: each bank's read port is transparent for its write port
+(``forwarding=True``). ``forwarding=False`` and the ``fault`` names exist only to show that the testbench
+catches the hazard and a wrong offset-to-bank mapping.
 
-Fire scan: cycle n reads the membranes at address n (and the first layer's stored input current); cycle n+1
-compares with the threshold, resets, leaks, adds the bias, writes back, reports the trace and emits spikes.
-On the last timestep it writes each neuron's initial value (its bias) instead, ready for the next sample;
-an ``init`` scan does only that (after the configuration is written), without trace or spikes.
+Fire scan: cycle n reads neuron n (window-major address; with banks, its bank and word); cycle n+1
+compares with the threshold, resets, leaks, adds the bias, writes back, reports the trace and emits the
+OR-pooled spikes of each window. On the last timestep it writes each neuron's initial value (its bias)
+instead, ready for the next sample; an ``init`` scan does only that, without trace or spikes.
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from qpsnn.sw.protocol import REGION_WEIGHTS
+
 from .event_queue import EventQueue, entry_layout
-from .geometry import LayerGeometry
-from .memory_plan import SMALL_MEMORY_BITS
-from .weight_store import WeightStore
+from .geometry import KERNEL, LayerGeometry
+from .interleave import neighbour_in_bank, split
+from .kernel_weights import KernelWeights
+from .params import LaneParams, cmul, packed_memory, saturate, ubits
+from .records import ADDR_BITS, trace_layout
+
+# deliberate bugs for the benches to catch: "bank-offset": bank row 0 takes bank row 1's kernel offset;
+# "no-reset": the encoder's LIF stages forget the reset after a spike
+FAULTS = ("bank-offset", "no-reset")
 
 
-def _ubits(n: int) -> int:
-    return max(1, (max(n, 1) - 1).bit_length())
-
-
-def _memory(width: int, depth: int) -> Memory:
-    depth = max(2, depth)
-    attrs = {"ram_style": "logic"} if width * depth <= SMALL_MEMORY_BITS else None
-    return Memory(shape=signed(width), depth=depth, init=[], attrs=attrs)
-
-
-def saturate(value, bits: int):
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+def entry_of(geo: LayerGeometry) -> data.StructLayout:
+    """The spike-queue entry a layer emits: one (pooled) position, P channel bits."""
+    return entry_layout(geo.lanes, ubits(geo.groups), ubits(geo.pooled_height), ubits(geo.pooled_width))
 
 
 class LayerUnit(wiring.Component):
-    def __init__(self, geo: LayerGeometry, leak_shift: int, in_geo: LayerGeometry | None, data_bits: int,
-                 forwarding: bool = True, weights_in_spram: bool = False):
+    def __init__(self, geo: LayerGeometry, leak_shift: int, in_geo: LayerGeometry, data_bits: int, timesteps: int,
+                 forwarding: bool = True, weights_in_spram: bool = False, fault: str | None = None):
+        assert not geo.first
         self.geo, self.leak_shift, self.in_geo, self.forwarding = geo, leak_shift, in_geo, forwarding
-        self.weights_in_spram = weights_in_spram
+        self.weights_in_spram, self.fault = weights_in_spram, fault
+        self.regions = timesteps if in_geo.first else 1  # the encoder queues every timestep at once
         P, V = geo.lanes, geo.membrane_bits
-        self.y_bits = _ubits(max(geo.height, geo.in_height))
-        self.x_bits = _ubits(max(geo.width, geo.in_width))
-        out_entry = entry_layout(P, _ubits(geo.groups), _ubits(geo.pooled_height), _ubits(geo.pooled_width))
-        ports = {
+        self.y_bits = ubits(max(geo.height, geo.in_height))
+        self.x_bits = ubits(max(geo.width, geo.in_width))
+        in_entry = entry_of(in_geo)
+        super().__init__({
             # control from the sequencer
-            "ev_en": In(1), "fire_en": In(1), "last_t": In(1), "init": In(1),
+            "ev_en": In(1), "fire_en": In(1), "last_t": In(1), "init": In(1), "t": In(range(max(timesteps, 2))),
             "ev_done": Out(1), "fire_done": Out(1),
             # configuration writes: region 0 weights (word address), 1 threshold, 2 bias (address = channel)
-            "cfg_en": In(1), "cfg_region": In(2), "cfg_addr": In(24), "cfg_data": In(data_bits),
+            "cfg_en": In(1), "cfg_region": In(2), "cfg_addr": In(ADDR_BITS), "cfg_data": In(data_bits),
             # read-back while idle: cfg_rd with cfg_region/cfg_addr on cycle n, cfg_rd_data on cycle n+1
             "cfg_rd": In(1), "cfg_rd_data": Out(data_bits),
-            # spikes for the next layer's queue
-            "spike_valid": Out(1), "spike": Out(out_entry),
+            # spikes in (one queue region per timestep held), spikes out for the next layer's queue
+            "q_valid": In(self.regions), "q_data": In(data.ArrayLayout(in_entry, self.regions)),
+            "spike_valid": Out(1), "spike": Out(entry_of(geo)),
             # trace of every neuron update in the fire scan
-            "trace_valid": Out(1), "trace_addr": Out(_ubits(geo.neuron_words)),
-            "trace_lanes": Out(P), "trace_spikes": Out(P), "trace_v": Out(signed(V * P)),
-        }
-        if geo.first:  # input bit-plane events straight from the input stream
-            ports.update({"in_valid": In(1), "in_ready": Out(1), "in_none": In(1), "in_last": In(1),
-                          "in_channel": In(_ubits(geo.in_channels)), "in_y": In(self.y_bits),
-                          "in_x": In(self.x_bits), "in_plane": In(3)})
-        else:
-            ports.update({"q_valid": In(1), "q_data": In(entry_layout(P, _ubits(in_geo.groups),
-                                                                      _ubits(in_geo.pooled_height), _ubits(in_geo.pooled_width)))})
-        super().__init__(ports)
+            "trace": Out(trace_layout(P, V)),
+        })
 
     def elaborate(self, platform):
         m = Module()
-        g, P, V = self.geo, self.geo.lanes, self.geo.membrane_bits
-        b = g.bits
+        g, ig, P, V = self.geo, self.in_geo, self.geo.lanes, self.geo.membrane_bits
+        b, G = g.bits, g.groups
         L = (1 << b) - 1
-        nw = g.neuron_words
+        conv, banked = g.kind == "conv", g.interleaved
 
         # ---------------------------------------------------------------- memories
-        m.submodules.weights = wmem = WeightStore(max(2, g.weight_words), P * b, self.weights_in_spram)
-        banks, currents, thr, bias = [], [], [], []
-        # configuration regions with a memory per lane; the output layer never compares: no threshold memory
-        params = {1: ("threshold", thr), 2: ("bias", bias)} if g.fires else {2: ("bias", bias)}
-        for j in range(P):
-            mem = _memory(V, nw)
-            m.submodules[f"membrane{j}"] = mem
+        stores = g.weight_memories
+        per_store = (g.in_channels if banked else g.weight_rows) * G
+        m.submodules.weights = wts = KernelWeights(per_store, P * b, stores, self.weights_in_spram)
+        m.submodules.params = params = LaneParams(P, V, G, g.fires)
+        banks = []
+        for k in range(g.banks):
+            mem = packed_memory(P * V, g.bank_words)
+            m.submodules[f"membrane{k}" if g.banks > 1 else "membrane"] = mem
             wp = mem.write_port()
             rp = mem.read_port(transparent_for=(wp,) if self.forwarding else ())
             banks.append((rp, wp))
-            if g.first:
-                cur = _memory(V, nw)
-                m.submodules[f"current{j}"] = cur
-                cwp = cur.write_port()
-                crp = cur.read_port(transparent_for=(cwp,) if self.forwarding else ())
-                currents.append((crp, cwp))
-            for name, store in params.values():
-                mem = _memory(V, g.groups)
-                m.submodules[f"{name}{j}"] = mem
-                store.append((mem.read_port(), mem.write_port()))
+        m.d.comb += [wts.w_addr.eq(self.cfg_addr), wts.w_data.eq(self.cfg_data),
+                     wts.w_en.eq(self.cfg_en & (self.cfg_region == REGION_WEIGHTS)),
+                     wts.rd.eq(self.cfg_rd), wts.rd_addr.eq(self.cfg_addr),
+                     params.cfg_en.eq(self.cfg_en), params.cfg_region.eq(self.cfg_region),
+                     params.cfg_addr.eq(self.cfg_addr), params.cfg_data.eq(self.cfg_data), params.cfg_rd.eq(self.cfg_rd)]
+        rd_region = Signal(2)
+        m.d.sync += rd_region.eq(self.cfg_region)
+        m.d.comb += self.cfg_rd_data.eq(Mux(rd_region == REGION_WEIGHTS, wts.rd_data, params.cfg_rd_data))
 
-        lane_bits = _ubits(P) if P > 1 else 0
-        cfg_lane = self.cfg_addr[:lane_bits] if P > 1 else Const(0, 1)
-        cfg_entry = self.cfg_addr[lane_bits:]
-        m.d.comb += [wmem.w_addr.eq(self.cfg_addr), wmem.w_data.eq(self.cfg_data),
-                     wmem.w_en.eq(self.cfg_en & (self.cfg_region == 0))]
-        for j in range(P):
-            for region, (_, store) in params.items():
-                _, wp = store[j]
-                m.d.comb += [wp.addr.eq(cfg_entry), wp.data.eq(self.cfg_data[:V]),
-                             wp.en.eq(self.cfg_en & (self.cfg_region == region) & (cfg_lane == j))]
+        last_lanes = g.channels - (G - 1) * P
 
-        def lane_valid(group, j):
-            last_lanes = g.channels - (g.groups - 1) * P
-            return (group != g.groups - 1) | Const(j < last_lanes, 1)
+        def lanes_of(group):
+            return Mux(group == G - 1, (1 << last_lanes) - 1, (1 << P) - 1)
 
         # ---------------------------------------------------------------- event pipeline, stage 0
         active = Signal()
-        ev_c = Signal(_ubits(g.in_channels))
+        ev_c = Signal(ubits(g.in_channels))
         ev_y, ev_x = Signal(self.y_bits), Signal(self.x_bits)
-        ev_k = Signal(3)
         ky, kx, kyh, kxh, kxl = (Signal(2) for _ in range(5))
-        grp = Signal(_ubits(g.groups))
-        last_tuple = (grp == g.groups - 1) & ((g.kind != "conv") | ((ky == kyh) & (kx == kxh)))
+        grp = Signal(ubits(G))
+        serial_offsets = conv and not banked
+        last_tuple = (grp == G - 1) & (((ky == kyh) & (kx == kxh)) if serial_offsets else 1)
         ready = ~active | last_tuple
 
-        # the event source: the input stream for the first layer, the queue otherwise
-        src_valid, src_c, src_y, src_x, src_k, src_none = Signal(), Signal(ev_c.shape()), Signal(self.y_bits), Signal(self.x_bits), Signal(3), Signal()
-        if g.first:
-            last_seen = Signal()
-            with m.If(~self.ev_en):
-                m.d.sync += last_seen.eq(0)
-            m.d.comb += [self.in_ready.eq(self.ev_en & ~last_seen & ready),
-                         src_valid.eq(self.in_valid & ~last_seen), src_none.eq(self.in_none),
-                         src_c.eq(self.in_channel), src_y.eq(self.in_y), src_x.eq(self.in_x), src_k.eq(self.in_plane)]
-            with m.If(self.in_valid & self.in_ready & self.in_last):
-                m.d.sync += last_seen.eq(1)
-            source_empty = last_seen
-        else:
-            ig = self.in_geo
-            depth = ig.groups * ig.out_positions
-            m.submodules.queue = queue = EventQueue(P, ig.groups, _ubits(ig.pooled_height), _ubits(ig.pooled_width), depth)
-            m.d.comb += [queue.w_valid.eq(self.q_valid), queue.w_data.eq(self.q_data),
-                         queue.ev_ready.eq(self.ev_en & ready),
-                         src_valid.eq(queue.ev_valid), src_c.eq(queue.ev.channel), src_y.eq(queue.ev.y), src_x.eq(queue.ev.x)]
-            source_empty = queue.empty
-
-        take = self.ev_en & ready & src_valid
+        m.submodules.queue = queue = EventQueue(ig.lanes, ig.groups, ubits(ig.pooled_height), ubits(ig.pooled_width),
+                                               ig.groups * ig.out_positions, self.regions)
+        m.d.comb += [queue.w_valid.eq(self.q_valid), queue.w_data.eq(self.q_data), queue.region.eq(self.t),
+                     queue.ev_ready.eq(self.ev_en & ready)]
+        take = self.ev_en & ready & queue.ev_valid
+        src_y, src_x = queue.ev.y, queue.ev.x
         with m.If(~self.ev_en):
             m.d.sync += active.eq(0)
-        with m.Elif(take & ~src_none):
-            # valid kernel rows/cols: outputs (y - ky + 1, x - kx + 1) inside the map
-            lo_y = Mux(src_y + 2 > g.height, src_y + 2 - g.height, 0)
-            lo_x = Mux(src_x + 2 > g.width, src_x + 2 - g.width, 0)
-            m.d.sync += [active.eq(1), ev_c.eq(src_c), ev_y.eq(src_y), ev_x.eq(src_x), ev_k.eq(src_k), grp.eq(0),
-                         ky.eq(lo_y), kx.eq(lo_x), kxl.eq(lo_x),
-                         kyh.eq(Mux(src_y + 1 > 2, 2, src_y + 1)), kxh.eq(Mux(src_x + 1 > 2, 2, src_x + 1))]
+        with m.Elif(take):
+            m.d.sync += [active.eq(1), ev_c.eq(queue.ev.channel), ev_y.eq(src_y), ev_x.eq(src_x), grp.eq(0)]
+            if serial_offsets:  # valid kernel rows/cols: outputs (y - ky + 1, x - kx + 1) inside the map
+                lo_y = Mux(src_y + 2 > g.height, src_y + 2 - g.height, 0)
+                lo_x = Mux(src_x + 2 > g.width, src_x + 2 - g.width, 0)
+                m.d.sync += [ky.eq(lo_y), kx.eq(lo_x), kxl.eq(lo_x),
+                             kyh.eq(Mux(src_y + 1 > 2, 2, src_y + 1)), kxh.eq(Mux(src_x + 1 > 2, 2, src_x + 1))]
         with m.Elif(active & last_tuple):
-            m.d.sync += active.eq(0)  # (an empty-image marker taken here starts nothing)
+            m.d.sync += active.eq(0)
         with m.Elif(active):
-            with m.If(grp == g.groups - 1):
+            with m.If(grp == G - 1):
                 m.d.sync += grp.eq(0)
-                with m.If(kx == kxh):
-                    m.d.sync += [kx.eq(kxl), ky.eq(ky + 1)]
-                with m.Else():
-                    m.d.sync += kx.eq(kx + 1)
+                if serial_offsets:
+                    with m.If(kx == kxh):
+                        m.d.sync += [kx.eq(kxl), ky.eq(ky + 1)]
+                    with m.Else():
+                        m.d.sync += kx.eq(kx + 1)
             with m.Else():
                 m.d.sync += grp.eq(grp + 1)
 
-        if g.kind == "conv":
-            row = (ev_c * 9 + ky * 3 + kx)
-            oy = (ev_y + 1 - ky)[:self.y_bits]
-            ox = (ev_x + 1 - kx)[:self.x_bits]
-            p = g.pool
-            ev_addr = ((grp * g.pooled_height + (oy >> (p - 1))) * g.pooled_width + (ox >> (p - 1))) * (p * p) \
-                + ((oy & (p - 1)) * p + (ox & (p - 1)) if p > 1 else 0)
+        # per bank: the word an event updates, whether that output exists, the weight store to use (plain
+        # expressions, not signals: a bank whose output always exists must not become a constant-driven signal,
+        # which some simulators never evaluate)
+        if banked:
+            BH, BW = g.bank_height, g.bank_width
+            ey3, eyq = split(ev_y)
+            ex3, exq = split(ev_x)
+            rows = [neighbour_in_bank(ev_y, ey3, eyq, r, g.height) for r in range(KERNEL)]
+            cols = [neighbour_in_bank(ev_x, ex3, exq, s, g.width) for s in range(KERNEL)]
+
+            def offset(plus, minus, *_):  # output u + 1 is reached by kernel offset 0, u by 1, u - 1 by 2
+                return Mux(plus, 0, Mux(minus, 2, 1))
+
+            ev_addr, ev_ok, ev_store = [], [], []
+            for k in range(g.banks):
+                r, s = divmod(k, KERNEL)
+                ry = 1 if (self.fault == "bank-offset" and r == 0) else r
+                ev_addr.append(cmul(cmul(grp, BH) + rows[r][2], BW) + cols[s][2])
+                ev_ok.append(rows[r][3] & cols[s][3])
+                ev_store.append(cmul(offset(*rows[ry]), KERNEL) + offset(*cols[s]))
+            m.d.comb += wts.r_addr.eq(cmul(ev_c, G) + grp)
+        elif conv:
+            oy_ = (ev_y + 1 - ky)[:self.y_bits]
+            ox_ = (ev_x + 1 - kx)[:self.x_bits]
+            ev_addr, ev_ok, ev_store = [_window_major(g, grp, oy_, ox_)], [Const(1)], [Const(0)]
+            m.d.comb += wts.r_addr.eq(cmul(cmul(ev_c, 9) + cmul(ky, 3) + kx, G) + grp)
         else:
-            ig = self.in_geo
-            row = ev_c * ig.out_positions + ev_y * ig.pooled_width + ev_x if ig is not None else ev_c
-            ev_addr = grp
-        issue = active  # one update per cycle while an event is active
-        m.d.comb += wmem.r_addr.eq(Mux(self.cfg_rd, self.cfg_addr, row * g.groups + grp))
+            row = cmul(ev_c, ig.out_positions) + cmul(ev_y, ig.pooled_width) + ev_x
+            ev_addr, ev_ok, ev_store = [grp], [Const(1)], [Const(0)]
+            m.d.comb += wts.r_addr.eq(cmul(row, G) + grp)
 
         # ---------------------------------------------------------------- fire scan, stage 0
         pw = g.pool * g.pool
-        scan = Signal(_ubits(nw + 1))
+        nw = g.neuron_words
+        scan = Signal(ubits(nw + 1))
         scan_done = Signal()
-        scan_grp = Signal(_ubits(g.groups))
+        scan_grp = Signal(ubits(G))
         scan_w = Signal(2)
-        scan_py = Signal(_ubits(g.pooled_height))
-        scan_px = Signal(_ubits(g.pooled_width))
+        scan_py = Signal(ubits(g.pooled_height))
+        scan_px = Signal(ubits(g.pooled_width))
         firing = self.fire_en & ~scan_done
         with m.If(~self.fire_en):
             m.d.sync += [scan.eq(0), scan_done.eq(0), scan_grp.eq(0), scan_w.eq(0), scan_py.eq(0), scan_px.eq(0)]
@@ -211,85 +199,72 @@ class LayerUnit(wiring.Component):
                     with m.Else():
                         m.d.sync += [scan_py.eq(0), scan_grp.eq(scan_grp + 1)]
 
-        # membrane (or, for the first layer's events, current) read address
-        read_addr = Mux(firing, scan, ev_addr)
-        for j in range(P):
-            rp, _ = banks[j]
-            m.d.comb += rp.addr.eq(read_addr)
-            if g.first:
-                m.d.comb += currents[j][0].addr.eq(read_addr)
-            for _, store in params.values():
-                m.d.comb += store[j][0].addr.eq(Mux(self.cfg_rd, cfg_entry, scan_grp))
-
-        # read-back mux, one cycle after the address
-        rd_region = Signal(2)
-        rd_lane = Signal.like(cfg_lane)
-        m.d.sync += [rd_region.eq(self.cfg_region), rd_lane.eq(cfg_lane)]
-        with m.Switch(rd_region):
-            with m.Case(0):
-                m.d.comb += self.cfg_rd_data.eq(wmem.r_data)
-            for region, (_, store) in params.items():
-                with m.Case(region):
-                    for j in range(P):
-                        with m.If(rd_lane == j):
-                            m.d.comb += self.cfg_rd_data.eq(store[j][0].data.as_unsigned())
+        scan_bank = Signal(range(max(g.banks, 2)))
+        scan_addr = Signal(ubits(g.bank_words))
+        if banked:
+            p = g.pool
+            sy = scan_py * p + (scan_w >> 1 if p == 2 else 0)
+            sx = scan_px * p + (scan_w & 1 if p == 2 else 0)
+            (sy3, syq), (sx3, sxq) = split(sy), split(sx)
+            m.d.comb += [scan_bank.eq(cmul(sy3, KERNEL) + sx3),
+                         scan_addr.eq(cmul(cmul(scan_grp, g.bank_height) + syq, g.bank_width) + sxq)]
+        else:
+            m.d.comb += scan_addr.eq(scan)
+        for k, (rp, _) in enumerate(banks):
+            m.d.comb += rp.addr.eq(Mux(firing, scan_addr, ev_addr[k]))
+        m.d.comb += params.r_addr.eq(scan_grp)
 
         # ---------------------------------------------------------------- stage 1 registers
-        s1_ev, s1_fire = Signal(), Signal()
-        s1_addr = Signal(_ubits(nw))
-        s1_grp = Signal(_ubits(g.groups))
-        s1_k = Signal(3)
-        s1_last_t = Signal()
-        s1_init = Signal()
+        s1_ev, s1_fire, s1_last_t, s1_init = Signal(), Signal(), Signal(), Signal()
+        s1_addr = Signal(ubits(nw))
+        s1_grp = Signal(ubits(G))
         s1_py, s1_px = Signal.like(scan_py), Signal.like(scan_px)
         s1_w = Signal(2)
-        m.d.sync += [s1_ev.eq(issue & self.ev_en), s1_fire.eq(firing), s1_last_t.eq(self.last_t | self.init),
-                     s1_init.eq(self.init),
-                     s1_addr.eq(Mux(firing, scan, ev_addr)), s1_grp.eq(Mux(firing, scan_grp, grp)), s1_k.eq(ev_k),
-                     s1_py.eq(scan_py), s1_px.eq(scan_px), s1_w.eq(scan_w)]
+        s1_bank, s1_scan_addr = Signal.like(scan_bank), Signal.like(scan_addr)
+        s1_ev_addr = [Signal(ubits(g.bank_words), name=f"s1_ev_addr{k}") for k in range(g.banks)]
+        s1_ev_ok = [Signal(name=f"s1_ev_ok{k}") for k in range(g.banks)]
+        s1_ev_store = [Signal(range(max(stores, 2)), name=f"s1_ev_store{k}") for k in range(g.banks)]
+        m.d.sync += [s1_ev.eq(active & self.ev_en), s1_fire.eq(firing), s1_last_t.eq(self.last_t | self.init),
+                     s1_init.eq(self.init), s1_addr.eq(scan), s1_grp.eq(Mux(firing, scan_grp, grp)),
+                     s1_py.eq(scan_py), s1_px.eq(scan_px), s1_w.eq(scan_w), s1_bank.eq(scan_bank),
+                     s1_scan_addr.eq(scan_addr)]
+        m.d.sync += [d.eq(s) for d, s in zip(s1_ev_addr + s1_ev_ok + s1_ev_store, ev_addr + ev_ok + ev_store)]
 
-        # ---------------------------------------------------------------- stage 1: event update
-        word = wmem.r_data
-        target = currents if g.first else banks
-        for j in range(P):
-            q = word[j * b:(j + 1) * b]
-            w = Signal(signed(b + 2))
-            m.d.comb += w.eq(q * 2 - L)
-            inc = Signal(signed(V + 1))
-            if g.first:
-                m.d.comb += inc.eq((w << g.weight_shift) << s1_k)
-            else:
-                m.d.comb += inc.eq(w << g.weight_shift)
-            rp, wp = target[j]
-            total = Signal(signed(V + 2))
-            m.d.comb += total.eq(rp.data + inc)
-            with m.If(s1_ev):
-                m.d.comb += [wp.addr.eq(s1_addr), wp.data.eq(saturate(total, V)), wp.en.eq(lane_valid(s1_grp, j))]
+        # ---------------------------------------------------------------- stage 1: event update, per bank
+        words = Array(wts.r_data[o] for o in range(stores))
+        for k, (rp, wp) in enumerate(banks):
+            word = words[s1_ev_store[k]] if stores > 1 else wts.r_data[0]
+            lanes = []
+            for j in range(P):
+                w = Signal(signed(b + 2), name=f"w{k}_{j}")
+                m.d.comb += w.eq((word[j * b:(j + 1) * b] << 1) - L)
+                lanes.append(saturate(rp.data.word_select(j, V).as_signed() + (w << g.weight_shift), V)[:V])
+            with m.If(s1_ev & s1_ev_ok[k]):
+                m.d.comb += [wp.addr.eq(s1_ev_addr[k]), wp.data.eq(Cat(*lanes)), wp.en.eq(1)]
 
         # ---------------------------------------------------------------- stage 1: fire
+        current = Array(rp.data for rp, _ in banks)[s1_bank] if g.banks > 1 else banks[0][0].data
         spikes = Signal(P)
         lanes_ok = Signal(P)
-        vs = []
+        m.d.comb += lanes_ok.eq(lanes_of(s1_grp))
+        vs, nxt = [], []
         for j in range(P):
-            rp, wp = banks[j]
-            v = Signal(signed(V + 1), name=f"v{j}")
-            m.d.comb += v.eq(rp.data + currents[j][0].data if g.first else rp.data)
+            v = Signal(signed(V), name=f"v{j}")
+            m.d.comb += v.eq(current.word_select(j, V).as_signed())
             vs.append(v)
-            bi = bias[j][0].data
-            m.d.comb += lanes_ok[j].eq(lane_valid(s1_grp, j))
+            bi = params.r_bias[j]
             if g.fires:
-                m.d.comb += spikes[j].eq(lanes_ok[j] & (v >= thr[j][0].data))
-                after = Mux(spikes[j], 0, v)
-                nxt = saturate((after >> self.leak_shift) + bi, V)
+                m.d.comb += spikes[j].eq(lanes_ok[j] & (v >= params.r_theta[j]))
+                after = saturate((Mux(spikes[j], 0, v) >> self.leak_shift) + bi, V)
             else:
-                nxt = saturate(v + bi, V)
-            with m.If(s1_fire):
-                m.d.comb += [wp.addr.eq(s1_addr), wp.data.eq(Mux(s1_last_t, bi, nxt)), wp.en.eq(lanes_ok[j])]
-                if g.first:
-                    cwp = currents[j][1]
-                    m.d.comb += [cwp.addr.eq(s1_addr), cwp.data.eq(0), cwp.en.eq(lanes_ok[j] & s1_last_t)]
-        m.d.comb += [self.trace_valid.eq(s1_fire & ~s1_init), self.trace_addr.eq(s1_addr), self.trace_lanes.eq(lanes_ok),
-                     self.trace_spikes.eq(spikes), self.trace_v.eq(Cat(*[v[:V] for v in vs]))]
+                after = saturate(v + bi, V)
+            nxt.append(Mux(s1_last_t, bi, after)[:V])
+        with m.If(s1_fire):
+            for k, (_, wp) in enumerate(banks):
+                m.d.comb += [wp.addr.eq(s1_scan_addr), wp.data.eq(Cat(*nxt)), wp.en.eq(s1_bank == k)]
+        tr = self.trace
+        m.d.comb += [tr.valid.eq(s1_fire & ~s1_init), tr.addr.eq(s1_addr), tr.lanes.eq(lanes_ok),
+                     tr.spikes.eq(spikes)] + [tr.v[j].eq(vs[j]) for j in range(P)]
 
         # spikes out: OR over the pool window (consecutive addresses), one queue entry per window
         if g.fires:
@@ -300,10 +275,18 @@ class LayerUnit(wiring.Component):
                 m.d.sync += acc.eq(Mux(end_of_window, 0, window_mask))
             m.d.comb += [self.spike_valid.eq(s1_fire & ~s1_init & end_of_window & (window_mask != 0)),
                          self.spike.group.eq(s1_grp), self.spike.mask.eq(window_mask)]
-            if g.kind == "conv":
+            if conv:
                 m.d.comb += [self.spike.y.eq(s1_py), self.spike.x.eq(s1_px)]
 
         # ---------------------------------------------------------------- done flags
-        m.d.comb += [self.ev_done.eq(self.ev_en & ~active & ~s1_ev & (source_empty if g.first else ~src_valid)),
+        m.d.comb += [self.ev_done.eq(self.ev_en & ~active & ~s1_ev & ~queue.ev_valid),
                      self.fire_done.eq(self.fire_en & scan_done & ~s1_fire)]
         return m
+
+
+def _window_major(g: LayerGeometry, group, y, x):
+    """The window-major address of neuron (group, y, x): the four neurons of a pool window are consecutive."""
+    p = g.pool
+    if p == 1:
+        return cmul(cmul(group, g.height) + y, g.width) + x
+    return (cmul(cmul(group, g.pooled_height) + (y >> 1), g.pooled_width) + (x >> 1)) * 4 + (y & 1) * 2 + (x & 1)

@@ -47,3 +47,49 @@ def check_manifest(root: str | Path = "bitstreams") -> list[str]:
         if str(f.relative_to(root)) not in listed:
             problems.append(f"{f.relative_to(root)}: not in the manifest")
     return problems
+
+
+def rebuild_commands(root: str | Path = "bitstreams") -> list[tuple[Path, list[str]]]:
+    """(folder, argv) that rebuilds each kept bitstream: the command its report.json records, run on the
+    model kept beside it, into a scratch folder."""
+    import shlex
+
+    root = Path(root)
+    out = []
+    for report in sorted(root.rglob("report.json")):
+        if "build" in report.relative_to(root).parts:
+            continue
+        try:
+            argv = shlex.split(json.loads(report.read_text())["command"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise QpsnnError(f"{report}: no build command recorded ({exc})") from None
+        if argv[:2] != ["qpsnn", "build"] or len(argv) < 3:
+            raise QpsnnError(f"{report}: the recorded command is not a qpsnn build: {' '.join(argv)}")
+        out.append((report.parent, ["build", str(report.parent / "model.qpsnn"), *argv[3:]]))
+    return out
+
+
+def reproduce(root: str | Path = "bitstreams", scratch: str | Path | None = None, log=print) -> list[str]:
+    """Rebuild every kept bitstream from the current code with its recorded command and compare the sha256
+    with the manifest; returns the differences (empty when every bitstream is reproduced exactly)."""
+    import tempfile
+
+    from .board_build import build
+
+    root = Path(root)
+    listed = json.loads((root / "manifest.json").read_text())["files"]
+    problems = []
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        for folder, argv in rebuild_commands(root):
+            opts = dict(zip(argv[2::2], argv[3::2]))
+            rel = folder.relative_to(root)
+            out = Path(tmp) / rel
+            report = build(argv[1], opts["--board"], int(opts["--lanes"]), float(opts["--clock"]),
+                           int(opts.get("--baud", 115200)), out, offsets=int(opts.get("--offsets", 1)))
+            name = str(rel / report["bitstream"])
+            want = listed.get(name)
+            got = report["bitstream_sha256"]
+            log(f"{name}: {'reproduced' if got == want else 'DIFFERS'} (sha256 {got[:12]}, manifest {str(want)[:12]})")
+            if got != want:
+                problems.append(f"{name}: rebuilt sha256 {got} differs from the manifest's {want}")
+    return problems

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from amaranth import Cat, ClockSignal, Instance, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from .geometry import CapacityError
+from .params import packed_memory
 
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
 
@@ -15,7 +17,8 @@ SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
 class WeightStore(wiring.Component):
     def __init__(self, depth: int, width: int, spram: bool = False):
         if spram and depth > SPRAM_DEPTH:
-            raise ValueError(f"an SPRAM weight memory holds at most {SPRAM_DEPTH} words, not {depth}")
+            raise CapacityError(f"a weight memory needs {depth} words, an SPRAM holds {SPRAM_DEPTH}: use more lanes "
+                                f"(wider, shallower words) or prune the layer")
         self.depth, self.width, self.spram = depth, width, spram
         addr = max(1, (depth - 1).bit_length())
         super().__init__({"w_addr": In(addr), "w_data": In(width), "w_en": In(1),
@@ -28,7 +31,7 @@ class WeightStore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if not self.spram:
-            m.submodules.mem = mem = Memory(shape=unsigned(self.width), depth=self.depth, init=[])
+            m.submodules.mem = mem = packed_memory(self.width, self.depth)
             wp, rp = mem.write_port(), mem.read_port()
             m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
                          rp.addr.eq(self.r_addr), self.r_data.eq(rp.data)]

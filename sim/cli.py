@@ -11,13 +11,14 @@ def cmd_sim(args) -> int:
     from .simulate import simulate
 
     try:
-        report = simulate(args.file, args.simulator, args.samples, args.lanes, args.waves, args.dataset, args.data_path)
+        report = simulate(args.file, args.simulator, args.samples, args.lanes, args.waves, args.dataset, args.data_path,
+                          offsets=args.offsets)
     except CapacityError as exc:
         raise QpsnnError(str(exc)) from None
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{report['samples']} samples on {report['simulator']} (P={report['lanes']}): "
+        print(f"{report['samples']} samples on {report['simulator']} (P={report['lanes']}, offsets={report['offsets']}): "
               f"{'bit-exact' if report['bit_exact'] else str(report['mismatches']) + ' MISMATCHES'}; "
               f"{report['cycles_total']} cycles, bound {report['bound_cycles_total']} "
               f"(x{report['cycles_over_bound']}), {report['events_total']} events, {report['sim_seconds']} s simulated")
@@ -31,7 +32,7 @@ def cmd_sim(args) -> int:
 def cmd_bench_density(args) -> int:
     from .density import density_benchmark
 
-    summary = density_benchmark(args.file, args.out, args.samples, args.lanes, args.simulator)
+    summary = density_benchmark(args.file, args.out, args.samples, args.lanes, args.simulator, offsets=args.offsets)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -52,7 +53,8 @@ def cmd_serve_sim(args) -> int:
               f"  (Ctrl-C stops)", flush=True)
 
     try:
-        serve(args.file, args.port, args.simulator, args.link, args.lanes, args.clients, announce, args.max_payload)
+        serve(args.file, args.port, args.simulator, args.link, args.lanes, args.clients, announce, args.max_payload,
+              args.offsets)
     except KeyboardInterrupt:
         print("serve-sim: stopped", flush=True)
     return 0
@@ -68,6 +70,14 @@ def cmd_bench_link(args) -> int:
     return 0 if ok else 1
 
 
+def _offsets(p) -> None:
+    from qpsnn.hw.geometry import DEFAULT_OFFSETS, OFFSET_CHOICES
+
+    p.add_argument("--offsets", type=int, choices=OFFSET_CHOICES, default=DEFAULT_OFFSETS,
+                   help=f"kernel offsets a conv layer updates per cycle: 9 = kernel-parallel (default), 1 = serial "
+                        f"(the iCE40 build)")
+
+
 def register(sub) -> None:
     from .toolchain import SIMULATORS
 
@@ -76,6 +86,7 @@ def register(sub) -> None:
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     p.add_argument("--samples", type=int, help="only the first N test images (default: all)")
     p.add_argument("--lanes", type=int, help="P, output neurons updated per cycle (default: the file's)")
+    _offsets(p)
     p.add_argument("--waves", action="store_true", help="keep a waveform file of the run")
     p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
     p.add_argument("--data-path")
@@ -89,6 +100,7 @@ def register(sub) -> None:
     p.add_argument("--link", choices=("uart", "mmio"), default="uart",
                    help="uart: RX/TX pins (connect with socket://); mmio: the register window (mmio+socket://)")
     p.add_argument("--lanes", type=int)
+    _offsets(p)
     p.add_argument("--clients", type=int, help="stop after serving this many clients (default: serve until stopped)")
     p.add_argument("--max-payload", type=int, default=1024,
                    help="the frame buffer in bytes (default 1024; the iCEBreaker build uses 512)")
@@ -106,6 +118,7 @@ def register(sub) -> None:
     p.add_argument("file")
     p.add_argument("--samples", type=int, default=20, help="images per density (default 20)")
     p.add_argument("--lanes", type=int)
+    _offsets(p)
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     p.add_argument("--out", default="runs/density")
     p.set_defaults(func=cmd_bench_density)

@@ -16,6 +16,8 @@ from qpsnn.sw import modelfile
 from qpsnn.sw.evaluate import dataset_for
 from qpsnn.sw.progress import Reporter
 
+from qpsnn.hw.geometry import DEFAULT_OFFSETS
+
 from .runner import run_bench
 
 SCALES = (0.5, 1.0, 2.0)
@@ -30,7 +32,8 @@ def scaled(net, factor: float):
 
 
 def density_benchmark(path: str | Path, out_dir: str | Path, samples: int = 20, lanes: int | None = None,
-                      simulator: str = "verilator", reporter: Reporter | None = None) -> dict:
+                      simulator: str = "verilator", reporter: Reporter | None = None,
+                      offsets: int = DEFAULT_OFFSETS) -> dict:
     reporter = reporter or Reporter()
     net = modelfile.load(path)
     lanes = lanes or net.lanes
@@ -43,7 +46,7 @@ def density_benchmark(path: str | Path, out_dir: str | Path, samples: int = 20, 
             variant = scaled(net, factor)
             vpath = Path(tmp) / f"x{factor}.qpsnn"
             modelfile.save(variant, vpath)
-            result = run_bench(vpath, variant, images, simulator, lanes)
+            result = run_bench(vpath, variant, images, simulator, lanes, offsets=offsets)
             if result.mismatch_count:
                 raise AssertionError(f"threshold x{factor}: {result.mismatch_count} RTL mismatches")
             rows += [{"threshold_scale": factor, "events": r["events"], "cycles": r["cycles"],
@@ -54,7 +57,7 @@ def density_benchmark(path: str | Path, out_dir: str | Path, samples: int = 20, 
     slope, intercept = np.polyfit(ev, cy, 1)
     pred = slope * ev + intercept
     r2 = 1 - ((cy - pred) ** 2).sum() / ((cy - cy.mean()) ** 2).sum()
-    summary = {"model": str(path), "lanes": lanes, "samples_per_density": samples, "slope_cycles_per_event": slope,
+    summary = {"model": str(path), "lanes": lanes, "offsets": offsets, "samples_per_density": samples, "slope_cycles_per_event": slope,
                "intercept_cycles": intercept, "r2": r2, "neurons": sum(l.channels * int(np.prod(l.neuron_shape[1:])) for l in net.layers),
                "per_density": {str(f): {"events_mean": float(np.mean([r["events"] for r in rows if r["threshold_scale"] == f])),
                                         "cycles_mean": float(np.mean([r["cycles"] for r in rows if r["threshold_scale"] == f]))}

@@ -145,7 +145,7 @@ async def host_link(dut):
     r = await link.request(proto.IDENTIFY)
     report["after_cut_identify"] = r is not None and r[0] == proto.OK and r[1] == info.to_bytes()
     # the refused writes changed nothing: read back layer 0's weights
-    words = model_words(net, info.lanes)[0][2]
+    words = model_words(net, info.lanes, info.offsets)[0][2]
     r = await link.request(proto.READ, proto.read_payload(0, 0, 0, len(words)))
     D = info.word_bytes
     report["weights_intact"] = r is not None and [int.from_bytes(r[1][i * D:(i + 1) * D], "little")

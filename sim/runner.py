@@ -29,12 +29,12 @@ class BenchResult:
     build_dir: str
 
 
-def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True) -> str:
+def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True, offsets: int = 1, fault: str | None = None) -> str:
     from amaranth.back import verilog
 
     from qpsnn.hw.accelerator import Accelerator
 
-    return verilog.convert(Accelerator.for_model(net, lanes, forwarding=forwarding), name=TOP)
+    return verilog.convert(Accelerator.for_model(net, lanes, offsets, forwarding=forwarding, fault=fault), name=TOP)
 
 
 def build_design(source: str, top: str, simulator: str, waves: bool = False, work: str | Path | None = None,
@@ -60,13 +60,15 @@ def build_design(source: str, top: str, simulator: str, waves: bool = False, wor
 
 def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator: str = "verilator", lanes: int = 8,
               waves: bool = False, forwarding: bool = True, work: str | Path | None = None,
-              max_mismatches: int = 20, source: str | None = None, extra_sources: list[Path] = ()) -> BenchResult:
+              max_mismatches: int = 20, source: str | None = None, extra_sources: list[Path] = (),
+              offsets: int = 1, fault: str | None = None) -> BenchResult:
     """The accelerator bench on ``images``; ``source`` replaces the generated Verilog (a synthesized netlist)."""
-    source = source if source is not None else generate_verilog(net, lanes, forwarding)
+    source = source if source is not None else generate_verilog(net, lanes, forwarding, offsets, fault)
     runner, build = build_design(source, TOP, simulator, waves, work, extra_sources)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
-        job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "images": str(Path(tmp) / "images.npy"),
+        job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "offsets": offsets,
+               "images": str(Path(tmp) / "images.npy"),
                "out": str(Path(tmp) / "out.json"), "max_mismatches": max_mismatches}
         (Path(tmp) / "job.json").write_text(json.dumps(job))
         try:

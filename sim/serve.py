@@ -12,6 +12,8 @@ from typing import Callable
 from qpsnn.sw import modelfile
 from qpsnn.sw.errors import QpsnnError
 
+from qpsnn.hw.geometry import DEFAULT_OFFSETS
+
 from .runner import build_design
 
 UART_TOP, MMIO_TOP = "qpsnn_uart_host", "qpsnn_mmio_host"
@@ -20,12 +22,13 @@ SIM_TIMEOUT_BYTES = 64
 
 
 def host_verilog(net, lanes: int | None, mode: str, divisor: int = SIM_DIVISOR,
-                 timeout_bytes: int = SIM_TIMEOUT_BYTES, max_payload: int = 1024) -> tuple[str, str]:
+                 timeout_bytes: int = SIM_TIMEOUT_BYTES, max_payload: int = 1024,
+                 offsets: int = DEFAULT_OFFSETS) -> tuple[str, str]:
     from amaranth.back import verilog
 
     from qpsnn.hw.accelerator import Accelerator
 
-    accel = Accelerator.for_model(net, lanes)
+    accel = Accelerator.for_model(net, lanes, offsets)
     if mode == "uart":
         from qpsnn.hw.uart_host import UARTHost
 
@@ -41,10 +44,10 @@ def host_verilog(net, lanes: int | None, mode: str, divisor: int = SIM_DIVISOR,
 
 def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_module: str, job: dict,
                    on_port: Callable[[int], None] | None = None, waves: bool = False,
-                   max_payload: int = 1024) -> dict | None:
+                   max_payload: int = 1024, offsets: int = DEFAULT_OFFSETS) -> dict | None:
     """Build the host top level and run a cocotb module on it; ``job`` reaches the bench as JSON. Returns the
     bench's ``out`` JSON when it writes one."""
-    source, top = host_verilog(net, lanes, mode, max_payload=max_payload)
+    source, top = host_verilog(net, lanes, mode, max_payload=max_payload, offsets=offsets)
     runner, build = build_design(source, top, simulator, waves)
     with tempfile.TemporaryDirectory() as tmp:
         job = dict(job, mode=mode, divisor=SIM_DIVISOR, timeout_bytes=SIM_TIMEOUT_BYTES,
@@ -78,7 +81,8 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
 
 
 def serve(path: str | Path, port: int = 0, simulator: str = "verilator", mode: str = "uart", lanes: int | None = None,
-          clients: int | None = None, on_port: Callable[[int], None] | None = None, max_payload: int = 1024) -> None:
+          clients: int | None = None, on_port: Callable[[int], None] | None = None, max_payload: int = 1024,
+          offsets: int = DEFAULT_OFFSETS) -> None:
     net = modelfile.load(path)
     run_host_bench(net, lanes, mode, simulator, "qpsnn.sim.serve_bench", {"port": port, "clients": clients},
-                   on_port=on_port or (lambda p: None), max_payload=max_payload)
+                   on_port=on_port or (lambda p: None), max_payload=max_payload, offsets=offsets)

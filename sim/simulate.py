@@ -9,12 +9,14 @@ from qpsnn.sw import modelfile
 from qpsnn.sw.evaluate import dataset_for
 from qpsnn.sw.progress import Reporter
 
+from qpsnn.hw.geometry import DEFAULT_OFFSETS
+
 from .runner import run_bench
 
 
 def simulate(path: str | Path, simulator: str = "verilator", samples: int | None = None, lanes: int | None = None,
              waves: bool = False, dataset: str | None = None, data_path: str | None = None, chunk: int = 40,
-             forwarding: bool = True, reporter: Reporter | None = None) -> dict:
+             forwarding: bool = True, reporter: Reporter | None = None, offsets: int = DEFAULT_OFFSETS) -> dict:
     reporter = reporter or Reporter()
     net = modelfile.load(path)
     lanes = lanes or net.lanes
@@ -22,10 +24,10 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
     if samples is not None:
         images = images[:samples]
     results, mismatches, count, seconds, wave, build = [], [], 0, 0.0, None, None
-    with reporter.task(f"{simulator} bench, P={lanes}", len(images)) as advance:
+    with reporter.task(f"{simulator} bench, P={lanes}, {offsets} kernel offset(s) per cycle", len(images)) as advance:
         for start in range(0, len(images), chunk):
             part = np.ascontiguousarray(images[start:start + chunk])
-            r = run_bench(path, net, part, simulator, lanes, waves, forwarding)
+            r = run_bench(path, net, part, simulator, lanes, waves, forwarding, offsets=offsets)
             for row in r.results:
                 row["sample"] += start
             for mm in r.mismatches:
@@ -40,7 +42,7 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
     cycles = sum(r["cycles"] for r in results)
     bound = sum(r["bound_cycles"] for r in results)
     return {
-        "model": str(path), "simulator": simulator, "lanes": lanes,
+        "model": str(path), "simulator": simulator, "lanes": lanes, "offsets": offsets,
         "samples": len(results), "mismatches": count, "bit_exact": count == 0 and len(results) == len(images),
         "cycles_total": cycles, "bound_cycles_total": bound,
         "cycles_over_bound": round(cycles / bound, 5) if bound else None,

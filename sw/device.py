@@ -47,12 +47,23 @@ class InferResult:
     stats: LinkStats = field(default_factory=LinkStats)
 
 
-def model_words(net: IntNet, lanes: int) -> list[tuple[int, int, list[int]]]:
+def hw_weight_rows(layer, offsets: int = 1):
+    """A layer's weight rows in the order the accelerator stores them: as the file has them (input channel,
+    ky, kx), or, for a conv layer built kernel-parallel (``offsets`` = 9), offset-major (ky, kx, input
+    channel), so each kernel offset's rows fill one of nine weight memories read together."""
+    rows = layer.weight_rows().numpy()
+    if layer.kind != "conv" or offsets == 1:
+        return rows
+    c_in, cols = rows.shape[0] // offsets, rows.shape[1]
+    return rows.reshape(c_in, offsets, cols).transpose(1, 0, 2).reshape(-1, cols)
+
+
+def model_words(net: IntNet, lanes: int, offsets: int = 1) -> list[tuple[int, int, list[int]]]:
     """(layer, region, words) that configure the accelerator for ``net``: packed weights, thresholds, biases
     (as two's complement in the layer's membrane width)."""
     out = []
     for i, layer in enumerate(net.layers):
-        out.append((i, proto.REGION_WEIGHTS, [int(w) for w in pack_words(layer.weight_rows().numpy(), layer.bits, lanes)]))
+        out.append((i, proto.REGION_WEIGHTS, [int(w) for w in pack_words(hw_weight_rows(layer, offsets), layer.bits, lanes)]))
         mask = (1 << layer.membrane_bits) - 1
         if layer.threshold is not None:
             out.append((i, proto.REGION_THRESHOLD, [int(v) & mask for v in layer.threshold.tolist()]))
@@ -63,7 +74,7 @@ def model_words(net: IntNet, lanes: int) -> list[tuple[int, int, list[int]]]:
 def write_payloads(net: IntNet, info: proto.DeviceInfo):
     """The WRITE payloads that configure the accelerator for ``net``, each filling one frame."""
     per_frame = (info.max_payload - proto.WRITE_HEADER) // info.word_bytes
-    for layer, region, words in model_words(net, info.lanes):
+    for layer, region, words in model_words(net, info.lanes, info.offsets):
         for addr in range(0, len(words), per_frame):
             yield proto.write_payload(layer, region, addr, words[addr:addr + per_frame], info.word_bytes)
 
@@ -160,7 +171,7 @@ class Device:
         from qpsnn.hw.geometry import geometry_of
 
         info = self.info
-        geo = geometry_of(net, info.lanes)
+        geo = geometry_of(net, info.lanes, info.offsets)
         if proto.fingerprint(geo) == info.fingerprint:
             return
         problems = []
@@ -187,7 +198,7 @@ class Device:
         D = info.word_bytes
         for payload in write_payloads(net, info):
             self.request(proto.WRITE, payload)
-        regions = model_words(net, info.lanes)
+        regions = model_words(net, info.lanes, info.offsets)
         if verify:
             per_read = info.max_payload // D
             for layer, region, words in regions:

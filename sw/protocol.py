@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-VERSION = 1
+VERSION = 2  # 2: the identify record says whether conv layers are kernel-parallel (offsets)
 REQUEST_SOF = 0xA5
 REPLY_SOF = 0x5A
 MAGIC = b"QPSN"
@@ -106,12 +106,15 @@ class DeviceInfo:
     fingerprint: int
     in_shape: tuple[int, int, int]
     layers: tuple[LayerInfo, ...]
+    offsets: int = 1  # kernel offsets a conv layer updates per cycle: 9 means weights are stored offset-major
+
+    HEADER = 22
 
     def to_bytes(self) -> bytes:
         out = MAGIC + bytes([self.version, self.lanes, len(self.layers), self.timesteps])
         out += struct.pack("<HBBHI", self.classes, self.membrane_bits, self.word_bytes, self.max_payload,
                            self.fingerprint)
-        out += bytes(self.in_shape)
+        out += bytes(self.in_shape) + bytes([self.offsets])
         for layer in self.layers:
             out += bytes([KINDS.index(layer.kind), layer.bits]) + struct.pack("<H", layer.channels)
             out += layer.weight_words.to_bytes(3, "little") + layer.neuron_words.to_bytes(3, "little")
@@ -119,14 +122,15 @@ class DeviceInfo:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "DeviceInfo":
-        if len(data) < 21 or data[:4] != MAGIC:
+        if len(data) < cls.HEADER or data[:4] != MAGIC:
             raise ValueError(f"not a qpsnn identify record ({data[:8].hex()}...)")
         version, lanes, n, timesteps = data[4:8]
         classes, membrane_bits, wbytes, max_payload, fingerprint = struct.unpack_from("<HBBHI", data, 8)
         in_shape = tuple(data[18:21])
+        offsets = data[21]
         layers = []
         for i in range(n):
-            o = 21 + 10 * i
+            o = cls.HEADER + 10 * i
             if o + 10 > len(data):
                 raise ValueError("identify record truncated")
             kind, bits = data[o], data[o + 1]
@@ -135,14 +139,14 @@ class DeviceInfo:
                                     int.from_bytes(data[o + 4:o + 7], "little"),
                                     int.from_bytes(data[o + 7:o + 10], "little")))
         return cls(version, lanes, timesteps, classes, membrane_bits, wbytes, max_payload, fingerprint, in_shape,
-                   tuple(layers))
+                   tuple(layers), offsets)
 
 
 def fingerprint(geo) -> int:
     """CRC-32 of everything the RTL bakes in for a model: a model with the same fingerprint loads and runs
     on the accelerator; another does not fit. ``geo`` is a `qpsnn.hw.geometry.Geometry` or any object with
     the same fields (the driver builds one from the model file without amaranth)."""
-    parts = [geo.lanes, geo.timesteps, geo.classes, geo.leak_shift, *geo.in_shape]
+    parts = [geo.lanes, geo.timesteps, geo.classes, geo.leak_shift, *geo.in_shape, getattr(geo, "offsets", 1)]
     for lg in geo.layers:
         parts += [KINDS.index(lg.kind), lg.channels, lg.in_channels, lg.height, lg.width, lg.pool, lg.in_height,
                   lg.in_width, lg.bits, lg.weight_shift, lg.membrane_bits, lg.weight_rows]

@@ -1,6 +1,7 @@
 """Board builds without running a build: the memory check that refuses a model before synthesis, the PLL
 settings from the vendors' calculators, the bitstream manifest and its check, and flashing with no board."""
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -8,7 +9,8 @@ import pytest
 from qpsnn.hw.boards import BOARDS
 from qpsnn.hw.geometry import CapacityError, geometry_of
 from qpsnn.hw.manifest import check_manifest, write_manifest
-from qpsnn.hw.memory_plan import blocks_for, budget, check_board_fits, BRAM_SHAPES
+from qpsnn.hw.board_build import host_design
+from qpsnn.hw.memory_plan import BRAM_SHAPES, blocks_for, budget, check_board_fits, design_memories
 from qpsnn.sw import modelfile
 from qpsnn.sw.cli import main
 from qpsnn.sw.fold import fold
@@ -27,12 +29,25 @@ def test_block_counts_follow_the_bram_shapes():
 
 
 def test_model_too_large_for_the_icebreaker_is_refused_naming_the_memory():
-    geo = geometry_of(mnist_sized_net(), 1)
-    with pytest.raises(CapacityError, match=r"icebreaker: the model needs \d+ SB_RAM40_4K block RAMs, the "
-                                            r"iCE40UP5K-SG48 has 30; the largest is the (membrane|input-current) "
-                                            r"banks of layer 0"):
-        check_board_fits(geo, BOARDS["icebreaker"])
-    assert check_board_fits(geo, BOARDS["ulx3s-85f"]).bram <= BOARDS["ulx3s-85f"].bram
+    net = mnist_sized_net()
+    with pytest.raises(CapacityError, match=r"icebreaker: the design needs \d+ SB_RAM40_4K block RAMs, the "
+                                            r"iCE40UP5K-SG48 has 30; the largest is processor\.accel\.layer1\.membrane "):
+        check_board_fits(host_design(net, BOARDS["icebreaker"], 2, 1), BOARDS["icebreaker"])
+    with pytest.raises(CapacityError, match=r"a weight memory needs 18432 words, an SPRAM holds 16384"):
+        check_board_fits(host_design(net, BOARDS["icebreaker"], 1, 1), BOARDS["icebreaker"])
+    board = BOARDS["ulx3s-85f"]
+    assert check_board_fits(host_design(net, board, 8, 9), board).bram <= board.bram
+
+
+def test_memory_plan_reads_every_memory_of_the_design():
+    """The plan walks the elaborated design: nine interleaved membrane banks and nine weight memories per
+    kernel-parallel conv layer, one region of the spike queue per timestep after the encoder."""
+    net = mnist_sized_net()
+    names = {m.name for m in design_memories(host_design(net, BOARDS["ulx3s-85f"], 8, 9))}
+    assert {f"processor.accel.layer1.membrane{k}" for k in range(9)} <= names
+    assert {f"processor.accel.layer1.weights.offset{k}.mem" for k in range(9)} <= names
+    assert {f"processor.accel.layer1.queue.fifo{t}.storage" for t in range(4)} <= names
+    assert "processor.buf" in names and not any("layer0.membrane" in n for n in names)
 
 
 def test_cli_build_refuses_before_any_tool_runs(tmp_path, capsys, monkeypatch):
@@ -40,15 +55,17 @@ def test_cli_build_refuses_before_any_tool_runs(tmp_path, capsys, monkeypatch):
     modelfile.save(mnist_sized_net(), path)
     monkeypatch.setenv("YOSYS", str(tmp_path / "no-such-yosys"))  # would fail loudly if synthesis started
     assert main(["build", str(path), "--board", "icebreaker", "--out", str(tmp_path / "out")]) == 2
-    assert "SB_RAM40_4K block RAMs" in capsys.readouterr().err
+    assert "a weight memory needs 18432 words, an SPRAM holds 16384" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_weights_in_spram_free_block_rams(tiny_net):
-    geo = geometry_of(tiny_net, 1)
-    with_spram = budget(geo, BOARDS["icebreaker"])
-    assert with_spram.spram == len(geo.layers)
-    assert all(kind != "SB_RAM40_4K" for mem, _, kind in with_spram.rows if mem.name.startswith("weight"))
+def test_large_weight_memories_go_to_spram_small_ones_stay_in_block_ram():
+    """The UP5K has four SPRAMs: the output layer's weights (3,136 rows) take them, the first layer's 288 codes
+    do not waste one."""
+    board = BOARDS["icebreaker"]
+    rows = budget(design_memories(host_design(mnist_sized_net(), board, 4, 1)), board).rows
+    in_spram = {mem.name.split(".")[2] for mem, _, kind in rows if kind == "SPRAM"}
+    assert "layer2" in in_spram and "layer0" not in in_spram
 
 
 @pytest.mark.skipif(shutil.which("yowasp-icepll") is None, reason="YoWASP tools not installed")
@@ -102,3 +119,12 @@ def test_flash_without_a_programmer_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no openFPGALoader, no iceprog
     assert main(["flash", "--board", "icebreaker", "--bitstream", str(bit)]) == 2
     assert "no programmer found for icebreaker" in capsys.readouterr().err
+
+
+def test_a_report_without_a_build_command_is_refused(tmp_path):
+    from qpsnn.hw.manifest import rebuild_commands
+    from qpsnn.sw.errors import QpsnnError
+
+    _fake_bitstreams(tmp_path)
+    with pytest.raises(QpsnnError, match="no build command recorded"):
+        rebuild_commands(tmp_path)

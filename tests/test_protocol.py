@@ -36,8 +36,8 @@ def test_reply_parser_skips_noise_and_reports_damage():
 
 
 def test_device_info_round_trip():
-    info = proto.DeviceInfo(1, 8, 4, 10, 21, 8, 1024, 0xDEADBEEF, (1, 8, 8),
-                            (proto.LayerInfo("conv", 8, 16, 18, 128), proto.LayerInfo("output", 4, 10, 256, 2)))
+    info = proto.DeviceInfo(2, 8, 4, 10, 21, 8, 1024, 0xDEADBEEF, (1, 8, 8),
+                            (proto.LayerInfo("conv", 8, 16, 18, 128), proto.LayerInfo("output", 4, 10, 256, 2)), 9)
     assert proto.DeviceInfo.from_bytes(info.to_bytes()) == info
     with pytest.raises(ValueError):
         proto.DeviceInfo.from_bytes(b"NOPE" + bytes(30))

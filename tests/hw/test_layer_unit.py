@@ -1,4 +1,5 @@
-"""LayerUnit in amaranth.sim: the lane pipeline (with the same-neuron hazard), and the fire scan."""
+"""LayerUnit in amaranth.sim: the lane pipeline (with the same-neuron hazard), the fire scan, and the
+kernel-parallel event path (nine interleaved membrane banks) against a scalar reference."""
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -14,15 +15,20 @@ def fc_geometry(channels, inputs, lanes, bits=4, shift=2, vbits=16, first=False,
                          weight_rows=inputs, first=first)
 
 
-def conv_geometry(channels, in_channels, size, lanes, pool=2, bits=2, shift=0, vbits=12):
+def conv_geometry(channels, in_channels, size, lanes, pool=2, bits=2, shift=0, vbits=12, offsets=1):
     return LayerGeometry(index=1, kind="conv", lanes=lanes, channels=channels, in_channels=in_channels, height=size,
                          width=size, pool=pool, in_height=size, in_width=size, bits=bits, weight_shift=shift,
-                         membrane_bits=vbits, weight_rows=in_channels * 9, first=False)
+                         membrane_bits=vbits, weight_rows=in_channels * 9, first=False, offsets=offsets)
 
 
-def simulate_layer(geo, in_geo, codes_rows, threshold, bias, entries, forwarding=True, last_t=0, leak=1):
-    """Configure, init, push queue entries, run the event phase, then one fire scan; return trace and spikes."""
-    dut = LayerUnit(geo, leak, in_geo, data_bits=max(geo.word_bits, geo.membrane_bits), forwarding=forwarding)
+def simulate_layer(geo, in_geo, codes_rows, threshold, bias, entries, forwarding=True, last_t=0, leak=1, fault=None):
+    """Configure, init, push queue entries, run the event phase, then one fire scan; return trace and spikes.
+    ``codes_rows``: rows as the file has them (input channel, ky, kx); stored the way ``geo`` reads them."""
+    dut = LayerUnit(geo, leak, in_geo, data_bits=max(geo.word_bits, geo.membrane_bits), timesteps=1,
+                    forwarding=forwarding, fault=fault)
+    if geo.weight_memories > 1:  # offset-major, as `qpsnn.sw.device.hw_weight_rows` sends them
+        c_in = codes_rows.shape[0] // 9
+        codes_rows = codes_rows.reshape(c_in, 9, -1).transpose(1, 0, 2).reshape(9 * c_in, -1)
     trace, spikes = [], []
     V = geo.membrane_bits
 
@@ -45,14 +51,11 @@ def simulate_layer(geo, in_geo, codes_rows, threshold, bias, entries, forwarding
             ctx.set(enable, 1)
             for _ in range(10000):
                 if collect:
-                    if ctx.get(dut.trace_valid):
-                        addr, lanes_ok = ctx.get(dut.trace_addr), ctx.get(dut.trace_lanes)
-                        raw = ctx.get(dut.trace_v)
+                    record = ctx.get(dut.trace)
+                    if record.valid:
                         for j in range(geo.lanes):
-                            if (lanes_ok >> j) & 1:
-                                v = (raw >> (j * V)) & ((1 << V) - 1)
-                                v -= (1 << V) if v >> (V - 1) else 0
-                                trace.append((geo.neuron_at(addr, j), v, (ctx.get(dut.trace_spikes) >> j) & 1))
+                            if (record.lanes >> j) & 1:
+                                trace.append((geo.neuron_at(record.addr, j), record.v[j], (record.spikes >> j) & 1))
                     if ctx.get(dut.spike_valid):
                         s = ctx.get(dut.spike)
                         spikes.append((s.group, s.y, s.x, s.mask))
@@ -67,7 +70,7 @@ def simulate_layer(geo, in_geo, codes_rows, threshold, bias, entries, forwarding
         ctx.set(dut.init, 0)
         for g, y, x, mask in entries:
             ctx.set(dut.q_valid, 1)
-            ctx.set(dut.q_data, {"group": g, "y": y, "x": x, "mask": mask})
+            ctx.set(dut.q_data[0], {"group": g, "y": y, "x": x, "mask": mask})
             await ctx.tick()
         ctx.set(dut.q_valid, 0)
         await ctx.tick()
@@ -132,3 +135,53 @@ def test_fire_scan_reset_leak_bias_and_pooled_spikes():
     # a second scan shows reset (spiking neurons restart at their bias) and leak ((v >> 1) + bias)
     trace2, _ = simulate_layer(geo, in_geo, codes, threshold, bias, [(0, 1, 1, 0b1)], last_t=1)
     assert {idx: v for idx, v, _ in trace2} == {idx: v for idx, (v, _) in values.items()}  # last_t writes init values
+
+
+def _scalar_reference(codes_rows, bits, bias, events, size, channels):
+    """Membranes after the events, one weight at a time: rows (c, ky, kx) reach output (y + 1 - ky, x + 1 - kx)."""
+    v = np.tile(np.array(bias)[:, None, None], (1, size, size)).astype(np.int64)
+    w = 2 * codes_rows - ((1 << bits) - 1)
+    for c, y, x in events:
+        for ky in range(3):
+            for kx in range(3):
+                oy, ox = y + 1 - ky, x + 1 - kx
+                if 0 <= oy < size and 0 <= ox < size:
+                    v[:, oy, ox] += w[c * 9 + ky * 3 + kx]
+    return v
+
+
+def _random_conv_case(seed=7, lanes=4, channels=6, in_channels=3, size=6):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 4, size=(in_channels * 9, channels))
+    bias = rng.integers(-5, 6, size=channels).tolist()
+    # in-channels of one entry are consecutive events at the same position: the hazard every cycle
+    entries, events = [], []
+    for _ in range(12):
+        y, x, mask = int(rng.integers(size)), int(rng.integers(size)), int(rng.integers(1, 1 << in_channels))
+        entries.append((0, y, x, mask))
+        events += [(c, y, x) for c in range(in_channels) if (mask >> c) & 1]
+    return codes, bias, entries, events
+
+
+@pytest.mark.parametrize("offsets", [1, 9])
+def test_conv_events_match_the_scalar_reference(offsets):
+    """Border events, every kernel offset, back-to-back events at one position; 9 offsets per cycle or one."""
+    codes, bias, entries, events = _random_conv_case()
+    geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=4, pool=2, offsets=offsets)
+    in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=4, pool=1)
+    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries)
+    want = _scalar_reference(codes, 2, bias, events, 6, 6)
+    assert len(trace) == 6 * 36
+    for (o, y, x), v, _ in trace:
+        assert v == want[o, y, x], (o, y, x)
+
+
+def test_wrong_offset_to_bank_mapping_is_caught():
+    """A deliberate bug (bank row 0 takes bank row 1's kernel offset) changes membranes the reference predicts."""
+    codes, bias, entries, events = _random_conv_case()
+    geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=4, pool=2, offsets=9)
+    in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=4, pool=1)
+    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, fault="bank-offset")
+    want = _scalar_reference(codes, 2, bias, events, 6, 6)
+    wrong = [(idx, v) for idx, v, _ in trace if v != want[idx]]
+    assert wrong and all(idx[1] % 3 == 0 for idx, _ in wrong)  # only outputs in bank row 0 go wrong

@@ -1,0 +1,84 @@
+"""Per-neuron-channel parameters of a layer (thresholds and biases), P lanes packed in one word per group,
+and the small arithmetic helpers the datapaths share."""
+from __future__ import annotations
+
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from qpsnn.sw.protocol import REGION_BIAS, REGION_THRESHOLD
+
+from .memory_plan import in_logic
+from .records import ADDR_BITS
+
+
+def ubits(n: int) -> int:
+    """Bits of an unsigned index below n (at least 1)."""
+    return max(1, (max(n, 1) - 1).bit_length())
+
+
+def cmul(value, constant: int):
+    """``value * constant`` as shifts and adds: an address computation must not take a DSP block (yosys maps
+    a multiplication by a constant to one, and the encoder needs the DSPs)."""
+    terms = [value << k for k in range(constant.bit_length()) if (constant >> k) & 1]
+    return sum(terms[1:], terms[0]) if terms else Const(0, 1)
+
+
+def saturate(value, bits: int):
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+
+def packed_memory(width: int, depth: int, shape=None) -> Memory:
+    """A memory that stays in flip-flops when a block RAM would hold only a handful of bits."""
+    depth = max(2, depth)
+    attrs = {"ram_style": "logic"} if in_logic(width, depth) else None
+    return Memory(shape=shape if shape is not None else unsigned(width), depth=depth, init=[], attrs=attrs)
+
+
+class LaneParams(wiring.Component):
+    """Thresholds (firing layers only) and biases, written and read back per channel.
+
+    ``per_channel=False``: P lanes packed in one word per group, read per group with one cycle of latency (a
+    fire scan needs every lane each cycle). ``per_channel=True``: one channel per word, read one at a time
+    (the encoder loads a group's P lanes into registers once per group: a P:1 narrow read, not P wide ones).
+    """
+
+    def __init__(self, lanes: int, value_bits: int, groups: int, fires: bool = True, per_channel: bool = False):
+        self.lanes, self.value_bits, self.groups, self.fires = lanes, value_bits, groups, fires
+        self.per_channel = per_channel
+        out = signed(value_bits) if per_channel else data.ArrayLayout(signed(value_bits), lanes)
+        depth = groups * lanes if per_channel else groups
+        super().__init__({
+            "cfg_en": In(1), "cfg_region": In(2), "cfg_addr": In(ADDR_BITS), "cfg_data": In(value_bits),
+            "cfg_rd": In(1), "cfg_rd_data": Out(value_bits),
+            "r_addr": In(range(max(depth, 2))), "r_theta": Out(out), "r_bias": Out(out),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P, V = self.lanes, self.value_bits
+        packed = not self.per_channel and P > 1
+        lane_bits = ubits(P) if packed else 0
+        lane = self.cfg_addr[:lane_bits] if packed else 0
+        entry = self.cfg_addr[lane_bits:]
+        regions = {REGION_BIAS: self.r_bias}
+        if self.fires:
+            regions[REGION_THRESHOLD] = self.r_theta
+        rd_lane = Signal(max(1, lane_bits))
+        rd_region = Signal(2)
+        m.d.sync += [rd_lane.eq(lane), rd_region.eq(self.cfg_region)]
+        lanes = P if packed else 1
+        for region, out in regions.items():
+            mem = packed_memory(lanes * V, self.groups * (P // lanes))
+            m.submodules[f"region{region}"] = mem
+            wp = mem.write_port(granularity=V)
+            rp = mem.read_port()
+            m.d.comb += [wp.addr.eq(entry), wp.data.eq(self.cfg_data[:V].replicate(lanes)),
+                         wp.en.eq(Mux(self.cfg_en & (self.cfg_region == region), 1 << lane, 0)),
+                         rp.addr.eq(Mux(self.cfg_rd, entry, self.r_addr)), out.eq(rp.data)]
+            with m.If(rd_region == region):
+                words = Array(rp.data[j * V:(j + 1) * V] for j in range(lanes))
+                m.d.comb += self.cfg_rd_data.eq(words[rd_lane] if lanes > 1 else rp.data)
+        return m

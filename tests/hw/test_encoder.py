@@ -1,0 +1,92 @@
+"""The first layer's spike-train encoder in amaranth.sim against the golden model: every neuron's membrane
+and spike at every timestep, for one kernel offset per cycle and for all nine (interleaved image banks),
+with the record of timestep t exactly LATENCY + t cycles after the neuron's last issue."""
+import numpy as np
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from qpsnn.hw.encoder import LATENCY, Encoder
+from qpsnn.hw.geometry import geometry_of
+from qpsnn.sim.cycle_model import ENCODER_LATENCY, encode_cycles
+from qpsnn.sw.device import model_words
+from qpsnn.sw.fold import fold
+from qpsnn.sw.golden import run_golden
+
+from conftest import random_model
+
+
+def encode(net, image, lanes, offsets, fault=None):
+    geo = geometry_of(net, lanes, offsets)
+    lg = geo.layers[0]
+    dut = Encoder(lg, geo.timesteps, geo.leak_shift, data_bits=max(lg.word_bits, lg.membrane_bits), fault=fault)
+    records, done_at = [], []
+
+    async def tb(ctx):
+        for layer, region, words in model_words(net, lanes, offsets):
+            if layer == 0:
+                for addr, word in enumerate(words):
+                    ctx.set(dut.cfg_en, 1)
+                    ctx.set(dut.cfg_region, region)
+                    ctx.set(dut.cfg_addr, addr)
+                    ctx.set(dut.cfg_data, word)
+                    await ctx.tick()
+        ctx.set(dut.cfg_en, 0)
+        ctx.set(dut.load_en, 1)
+        for pixel in image.ravel().tolist():
+            ctx.set(dut.pixels.valid, 1)
+            ctx.set(dut.pixels.payload, pixel)
+            await ctx.tick()
+        ctx.set(dut.pixels.valid, 0)
+        assert ctx.get(dut.load_done)
+        ctx.set(dut.load_en, 0)
+        ctx.set(dut.run_en, 1)
+        for cycle in range(100_000):
+            for t in range(geo.timesteps):
+                r = ctx.get(dut.trace[t])
+                if r.valid:
+                    records.append((cycle, t, r.addr, r.lanes, r.spikes, [int(v) for v in r.v]))
+            if ctx.get(dut.run_done):
+                done_at.append(cycle)
+                break
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return geo, records, done_at[0]
+
+
+@pytest.mark.parametrize("offsets, lanes, shape, spec", [(9, 4, (1, 6, 6), "c6-p2-fc4"), (1, 4, (1, 6, 6), "c6-p2-fc4"),
+                                                          (9, 2, (2, 5, 4), "c3-fc4"), (1, 8, (2, 4, 4), "c3-p2-fc4")])
+def test_encoder_spike_trains_equal_the_golden_model(offsets, lanes, shape, spec):
+    net = fold(random_model(spec, in_shape=shape, bits=8, seed=3, timesteps=3), lanes=lanes)
+    image = np.random.default_rng(1).integers(0, 256, size=shape).astype(np.uint8)
+    image[0, 0, :2] = 0  # zeros and borders too
+    golden = run_golden(net, torch.from_numpy(image[None]), trace=True).trace[0]
+    geo, records, done = encode(net, image, lanes, offsets)
+    lg = geo.layers[0]
+    assert len(records) == geo.timesteps * lg.neuron_words
+    neuron, group, total = encode_cycles(geo)
+    assert done == total - 1 and LATENCY == ENCODER_LATENCY
+    for cycle, t, addr, lanes_ok, spikes, values in records:
+        grp, local = divmod(addr, lg.positions)
+        assert cycle == lanes + 2 + grp * group + (local + 1) * neuron - 1 + LATENCY + t  # the cycle model's schedule
+        for j in range(lanes):
+            if (lanes_ok >> j) & 1:
+                idx = lg.neuron_at(addr, j)
+                assert (values[j], (spikes >> j) & 1) == (int(golden.membrane[(t, 0) + idx]), int(golden.spikes[(t, 0) + idx]))
+
+
+def test_a_spike_train_without_reset_is_caught():
+    """The deliberate "no-reset" bug: the first neuron that spikes before the last timestep goes wrong after it."""
+    net = fold(random_model("c6-p2-fc4", in_shape=(1, 6, 6), bits=8, seed=3, timesteps=3), lanes=4)
+    image = np.random.default_rng(1).integers(0, 256, size=(1, 6, 6)).astype(np.uint8)
+    golden = run_golden(net, torch.from_numpy(image[None]), trace=True).trace[0]
+    assert bool(golden.spikes[:-1].any()), "the case needs a spike before the last timestep"
+    geo, records, _ = encode(net, image, 4, 9, fault="no-reset")
+    lg = geo.layers[0]
+    wrong = [(t, lg.neuron_at(addr, j)) for _, t, addr, ok, _, values in records for j in range(4)
+             if (ok >> j) & 1 and values[j] != int(golden.membrane[(t, 0) + lg.neuron_at(addr, j)])]
+    assert wrong and min(t for t, _ in wrong) >= 1
