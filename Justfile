@@ -42,11 +42,11 @@ infer file=model device="socket://127.0.0.1:7777":
 bench-link file=model:
     qpsnn bench-link {{file}} --frames 10000
 
-# the kept bitstreams: digits on both boards, MNIST-5k on the ULX3S (the iCE40 refuses it), then the manifest
+# the kept bitstreams, rebuilt from the models kept beside them (v2: see the README's throughput table), then the manifest
 bitstreams:
-    qpsnn build runs/digits/model.qpsnn --board icebreaker --out bitstreams/icebreaker/digits
-    qpsnn build runs/digits/model.qpsnn --board ulx3s-85f --out bitstreams/ulx3s-85f/digits
-    qpsnn build runs/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --clock 35 --out bitstreams/ulx3s-85f/mnist5k
+    qpsnn build bitstreams/icebreaker/digits/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits
+    qpsnn build bitstreams/ulx3s-85f/digits/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 35 --out bitstreams/ulx3s-85f/digits
+    qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 30 --out bitstreams/ulx3s-85f/mnist5k
     qpsnn build --write-manifest
 
 # verify bitstreams/manifest.json against the files

@@ -44,8 +44,9 @@ BOARDS = {
                         synth_opts="-dsp"),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
     "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 40.0,
                        83640, "LUT4", 208, 18432, "DP16KD", dsp=156,
-                       # yosys 0.70's abc9 trips an assertion (rtlil.cc:3091) mapping the kernel-parallel digits
-                       # design with LUT RAM; router1 did not converge on the MNIST design in 10 minutes, router2 does
+                       # no LUT RAM: tried against yosys 0.70's abc9 assertion (rtlil.cc:3091) on the kernel-parallel
+                       # digits design, which it does not avoid; kept so the kept bitstreams rebuild bit for bit.
+                       # router2: router1 did not converge on the kernel-parallel MNIST design (docs/DESIGN.md)
                        synth_opts="-nolutram", nextpnr_opts="--router router2"),
 }
 

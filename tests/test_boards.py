@@ -128,3 +128,17 @@ def test_a_report_without_a_build_command_is_refused(tmp_path):
     _fake_bitstreams(tmp_path)
     with pytest.raises(QpsnnError, match="no build command recorded"):
         rebuild_commands(tmp_path)
+
+
+def test_every_kept_bitstream_has_a_rebuild_command():
+    """`qpsnn build --reproduce` rebuilds each kept bitstream from the model beside it with the options its
+    report recorded (the rebuild itself is `just reproduce-bitstreams`, minutes per board)."""
+    from qpsnn.hw.manifest import rebuild_commands
+
+    kept = Path(__file__).resolve().parents[1] / "bitstreams"
+    commands = rebuild_commands(kept)
+    assert len(commands) == len(list(kept.glob("*/*/report.json"))) >= 3
+    for folder, argv in commands:
+        assert argv[:2] == ["build", str(folder / "model.qpsnn")] and (folder / "model.qpsnn").exists()
+        opts = dict(zip(argv[2::2], argv[3::2]))
+        assert {"--board", "--lanes", "--offsets", "--clock"} <= set(opts)
