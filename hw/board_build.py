@@ -145,7 +145,7 @@ def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
             refused.append(f"P={lanes}: {exc}")
             continue
         why = f"the largest that fits ({refused[0]})" if refused else (
-            f"the board's limit for automatic lanes ({board.max_auto_lanes}: logic runs out before memory)"
+            f"the board's limit for automatic lanes ({board.max_auto_lanes}, the largest built and timed on it)"
             if lanes == board.max_auto_lanes else "wide enough for the widest layer")
         return lanes, why
     raise CapacityError(f"{board.name}: no P fits; {refused[-1] if refused else 'the model is too large'}")

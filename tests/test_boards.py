@@ -1,5 +1,6 @@
 """Board builds without running a build: the memory check that refuses a model before synthesis, the PLL
 settings from the vendors' calculators, the bitstream manifest and its check, and flashing with no board."""
+import dataclasses
 import json
 from pathlib import Path
 import shutil
@@ -142,3 +143,15 @@ def test_every_kept_bitstream_has_a_rebuild_command():
         assert argv[:2] == ["build", str(folder / "model.qpsnn")] and (folder / "model.qpsnn").exists()
         opts = dict(zip(argv[2::2], argv[3::2]))
         assert {"--board", "--lanes", "--offsets", "--clock"} <= set(opts)
+
+
+def test_lanes_auto_says_what_it_picked_and_why(tiny_net):
+    from qpsnn.hw.board_build import auto_lanes
+
+    net = mnist_sized_net()
+    assert auto_lanes(net, BOARDS["ulx3s-85f"], 1)[0] == 16
+    assert "the board's limit for automatic lanes (16" in auto_lanes(net, BOARDS["ulx3s-85f"], 9)[1]
+    unlimited = dataclasses.replace(BOARDS["ulx3s-85f"], max_auto_lanes=64)
+    lanes, why = auto_lanes(net, unlimited, 9)
+    assert lanes == 16 and "needs 576 multipliers" in why and "156 DSP blocks" in why
+    assert auto_lanes(tiny_net, BOARDS["icebreaker"], 1)[0] == 1
