@@ -287,6 +287,12 @@ def _extensions() -> list:
         found.append(register_hw)
     except ImportError:
         pass
+    try:  # NIR interchange (issue 10): export-nir / import-nir
+        from qpsnn.sw.nir_cli import register as register_nir
+        found.append(register_nir)
+    except ModuleNotFoundError as exc:
+        if exc.name != "qpsnn.sw.nir_cli":
+            raise
     return found
 
 
