@@ -63,6 +63,7 @@ def _lanes(text: str):
 
 
 def register(sub) -> None:
+    from .sweep import register as register_sweep
     from .boards import BOARDS
 
     p = sub.add_parser("build", help="build a bitstream for a dev board (YoWASP yosys/nextpnr) and its report.json")
@@ -71,7 +72,7 @@ def register(sub) -> None:
     p.add_argument("--lanes", type=_lanes, default=None,
                    help="P, output neurons per cycle: a power of two, or auto (default): the largest that fits the board")
     p.add_argument("--offsets", type=int, choices=(1, 9),
-                   help="kernel offsets a conv layer updates per cycle (default: 1 on the iCEBreaker, 9 on the ULX3S)")
+                   help="kernel offsets a conv layer updates per cycle (default: the board's, 1 on both boards today)")
     p.add_argument("--clock", type=float, help="MHz from the PLL (default: 18 iCEBreaker, 40 ULX3S)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--out", help="folder for the bitstream and report.json (default bitstreams/BOARD)")
@@ -81,6 +82,8 @@ def register(sub) -> None:
                    help="rebuild every kept bitstream with the command in its report.json and compare with the manifest")
     p.add_argument("--manifest-root", default="bitstreams")
     p.set_defaults(func=cmd_build)
+
+    register_sweep(sub)
 
     p = sub.add_parser("flash", help="program an attached board with a built bitstream")
     p.add_argument("--board", required=True, choices=sorted(BOARDS))

