@@ -213,13 +213,14 @@ class Trainer:
         return pruned, state
 
     # ------------------------------------------------------------------ export
-    def export(self, model: QPSNN, state: TrainState, accuracy_float: float | None = None) -> IntNet:
+    def export(self, model: QPSNN, state: TrainState, accuracy_float: float | None = None,
+               extra_provenance: dict | None = None) -> IntNet:
         from . import modelfile
 
         cfg = self.cfg
         prov = {"qpsnn": _version(), "torch": torch.__version__, "config": asdict(cfg), "spec": state.spec,
                 "original_spec": cfg.resolved_spec(), "history": state.history[-3:],
-                "accuracy_float": accuracy_float}
+                "accuracy_float": accuracy_float, **(extra_provenance or {})}
         net = fold(model, lanes=cfg.lanes, kept_channels=state.kept, provenance=prov)
         save_float_checkpoint(model, state, self.out.with_suffix(".pt"))
         modelfile.save(net, self.out)
