@@ -148,7 +148,7 @@ def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: lis
         usable = [c for c in configs if c[0] < 2 * widest]  # more lanes than channels buy nothing
         accuracy, n, cycles = accuracy_and_cycles(net, usable, dataset, data_path, samples)
         for (p, o) in usable:
-            point = Point(Path(path).name, spec_of(net), "/".join(str(layer.bits) for layer in net.layers),
+            point = Point(str(path), spec_of(net), "/".join(str(layer.bits) for layer in net.layers),
                           net.timesteps, p, o, round(accuracy, 2), n, round(cycles[(p, o)], 1), clock_mhz,
                           round(clock_mhz * 1e6 / cycles[(p, o)], 1))
             design = host_design(net, board, p, o)
@@ -174,34 +174,49 @@ def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: lis
 
 
 def plot(points: list[Point], board: Board, out: Path) -> None:
-    """Accuracy against images per second (log), colour = logic (or memory blocks), front joined."""
+    """Two views of the three objectives: accuracy against images/s, and images/s against logic (memory
+    blocks when not synthesized). One colour per model; front points ringed in red; x = does not fit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     synthesized = any(p.logic is not None for p in points)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    fit = [p for p in points if p.fits]
-    colour = [p.logic if synthesized else (p.bram or 0) for p in fit]
-    sc = ax.scatter([p.images_per_second for p in fit], [p.accuracy for p in fit], c=colour, cmap="viridis",
-                    s=40, zorder=3)
-    fig.colorbar(sc, ax=ax, label=f"{board.logic_name} (yosys)" if synthesized else f"{board.bram_name} blocks")
-    over = [p for p in points if not p.fits]
-    if over:
-        ax.scatter([p.images_per_second for p in over], [p.accuracy for p in over], marker="x", c="grey",
-                   label="does not fit", zorder=2)
-    front = sorted((p for p in points if p.pareto), key=lambda p: p.images_per_second)
-    ax.plot([p.images_per_second for p in front], [p.accuracy for p in front], "r--", lw=1, zorder=1,
-            label="Pareto front")
-    for p in front:
-        ax.annotate(f"{p.spec} T{p.timesteps} P{p.lanes}/o{p.offsets}", (p.images_per_second, p.accuracy),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"images/s at {points[0].clock_mhz:g} MHz (cycle model)")
-    ax.set_ylabel("integer accuracy (%)")
-    ax.set_title(f"qpsnn sweep, {board.name}")
-    ax.legend(fontsize=7, loc="lower left")
+    cost_name = f"{board.logic_name} (yosys)" if synthesized else f"{board.bram_name} block RAMs (memory plan)"
+
+    def cost(p: Point):
+        return p.logic if synthesized else p.bram
+
+    models = list(dict.fromkeys(p.model for p in points))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for m in models:
+        mine = [p for p in points if p.model == m]
+        first = mine[0]
+        label = f"{first.spec} T={first.timesteps} ({m})"
+        fit = [p for p in mine if p.fits and cost(p) is not None]
+        left.scatter([p.images_per_second for p in fit], [p.accuracy for p in fit], color=colours[m], s=30,
+                     label=label, zorder=3)
+        right.scatter([cost(p) for p in fit], [p.images_per_second for p in fit], color=colours[m], s=30, zorder=3)
+        over = [p for p in mine if not p.fits]
+        left.scatter([p.images_per_second for p in over], [p.accuracy for p in over], marker="x",
+                     color=colours[m], s=30, zorder=2)
+        for p in fit:
+            right.annotate(f"P{p.lanes}/o{p.offsets}", (cost(p), p.images_per_second), fontsize=6,
+                           xytext=(3, -8 if p.offsets == 9 else 3), textcoords="offset points")
+    front = [p for p in points if p.pareto]
+    left.scatter([p.images_per_second for p in front], [p.accuracy for p in front], s=110, facecolors="none",
+                 edgecolors="red", label="Pareto front", zorder=4)
+    right.scatter([cost(p) for p in front], [p.images_per_second for p in front], s=110, facecolors="none",
+                  edgecolors="red", zorder=4)
+    left.set_xscale("log")
+    left.set_xlabel(f"images/s at {points[0].clock_mhz:g} MHz (cycle model; x: does not fit)")
+    left.set_ylabel("integer accuracy on the test set (%)")
+    left.legend(fontsize=7, loc="lower left")
+    right.set_yscale("log")
+    right.set_xlabel(cost_name)
+    right.set_ylabel("images/s")
+    fig.suptitle(f"qpsnn sweep on the {board.name}: accuracy, images/s and resources of every point")
     fig.tight_layout()
     fig.savefig(out, dpi=130)
     plt.close(fig)
