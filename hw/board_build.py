@@ -173,6 +173,9 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
     else:
         pll = (ice40_pll if board.family == "ice40" else ecp5_pll)(board.clock_mhz, clock)
     clock_hz = (pll.f_out_mhz if pll else board.clock_mhz) * 1e6
+    if abs(clock_hz / 1e6 - clock) > 0.05 * clock:  # the PLL clamps what it cannot make: refuse, never build silently
+        raise QpsnnError(f"--clock {clock:g} MHz: the {board.name} PLL gives {clock_hz / 1e6:g} MHz at best "
+                         f"from its {board.clock_mhz:g} MHz oscillator")
     divisor = round(clock_hz / baud)
     if abs(clock_hz / divisor - baud) / baud > 0.02:
         raise QpsnnError(f"{baud} baud is not reachable from {clock_hz / 1e6:g} MHz within 2 % (divisor {divisor})")

@@ -49,20 +49,14 @@ def cmd_flash(args) -> int:
 
 
 def _lanes(text: str):
-    import argparse
+    from qpsnn.sw.options import lanes
 
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a power of two or auto") from None
-    if value < 1 or value > 64 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{value} is not a power of two in 1..64")
-    return value
+    return None if text == "auto" else lanes(text)
 
 
 def register(sub) -> None:
+    from qpsnn.sw import options as opt
+
     from .sweep import register as register_sweep
     from .boards import BOARDS
 
@@ -73,9 +67,9 @@ def register(sub) -> None:
                    help="P, output neurons per cycle: a power of two, or auto (default): the largest that fits the board")
     p.add_argument("--offsets", type=int, choices=(1, 9),
                    help="kernel offsets a conv layer updates per cycle (default: the board's, 1 on both boards today)")
-    p.add_argument("--clock", type=float, help="MHz from the PLL (default: 18 iCEBreaker, 40 ULX3S)")
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--out", help="folder for the bitstream and report.json (default bitstreams/BOARD)")
+    p.add_argument("--clock", type=opt.clock_mhz, help="MHz from the PLL (default: 18 iCEBreaker, 40 ULX3S)")
+    p.add_argument("--baud", type=opt.baud, default=115200)
+    p.add_argument("--out", type=opt.output_dir, help="folder for the bitstream and report.json (default bitstreams/BOARD)")
     p.add_argument("--check", action="store_true", help="verify bitstreams/manifest.json against the files")
     p.add_argument("--write-manifest", action="store_true", help="(re)write bitstreams/manifest.json")
     p.add_argument("--reproduce", action="store_true",

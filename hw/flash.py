@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 from qpsnn.sw.errors import QpsnnError
+from qpsnn.sw.options import regular_file
 
 from .boards import board_named
 
@@ -16,8 +17,7 @@ PROGRAMMERS = {"icebreaker": [("openFPGALoader", ["-b", "ice40_generic"]), ("ice
 def flash(board_name: str, bitstream: str | Path) -> str:
     board = board_named(board_name)
     bitstream = Path(bitstream)
-    if not bitstream.exists():
-        raise QpsnnError(f"{bitstream}: no such bitstream (build one with qpsnn build --board {board.name})")
+    regular_file(bitstream, f"bitstream (build one with qpsnn build --board {board.name})")
     for tool, args in PROGRAMMERS[board.name]:
         exe = shutil.which(tool)
         if exe is None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from qpsnn.sw import options as opt
+
 
 def cmd_sim(args) -> int:
     from qpsnn.hw.geometry import CapacityError
@@ -42,10 +44,15 @@ def cmd_serve_sim(args) -> int:
 
     from qpsnn.sw.errors import QpsnnError
 
+    from qpsnn.sw import modelfile
+
     from .serve import serve
 
     if not Path(args.file).exists():
         raise QpsnnError(f"{args.file}: no such model file (the accelerator is generated for a model: qpsnn demo makes one)")
+    modelfile.load(args.file)  # refused before the simulator is built
+    if args.port:
+        _check_port_free(args.port)
     scheme = "socket" if args.link == "uart" else "mmio+socket"
 
     def announce(port):
@@ -58,6 +65,19 @@ def cmd_serve_sim(args) -> int:
     except KeyboardInterrupt:
         print("serve-sim: stopped", flush=True)
     return 0
+
+
+def _check_port_free(port: int) -> None:
+    import socket
+
+    from qpsnn.sw.errors import QpsnnError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise QpsnnError(f"--port {port}: cannot listen there ({exc.strerror}); choose another or 0 for any free one") from None
 
 
 def cmd_bench_link(args) -> int:
@@ -78,14 +98,19 @@ def _offsets(p) -> None:
                         f"(the iCE40 build)")
 
 
+def _lanes(p) -> None:
+    p.add_argument("--lanes", type=opt.lanes,
+                   help=f"P, output neurons updated per cycle: a power of two up to {opt.MAX_LANES} (default: the file's)")
+
+
 def register(sub) -> None:
     from .toolchain import SIMULATORS
 
     p = sub.add_parser("sim", help="run test images through the RTL (cocotb) and compare with the golden model")
     p.add_argument("file")
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
-    p.add_argument("--samples", type=int, help="only the first N test images (default: all)")
-    p.add_argument("--lanes", type=int, help="P, output neurons updated per cycle (default: the file's)")
+    p.add_argument("--samples", type=opt.samples, help="only the first N test images (default: all)")
+    _lanes(p)
     _offsets(p)
     p.add_argument("--waves", action="store_true", help="keep a waveform file of the run")
     p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
@@ -95,30 +120,30 @@ def register(sub) -> None:
 
     p = sub.add_parser("serve-sim", help="simulate the accelerator with its host link and serve it on a TCP port")
     p.add_argument("file", nargs="?", default="model.qpsnn", help="model whose accelerator to build (default model.qpsnn)")
-    p.add_argument("--port", type=int, default=0, help="TCP port (default: any free one, printed)")
+    p.add_argument("--port", type=opt.port, default=0, help="TCP port, 0..65535 (default 0: any free one, printed)")
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     p.add_argument("--link", choices=("uart", "mmio"), default="uart",
                    help="uart: RX/TX pins (connect with socket://); mmio: the register window (mmio+socket://)")
-    p.add_argument("--lanes", type=int)
+    _lanes(p)
     _offsets(p)
-    p.add_argument("--clients", type=int, help="stop after serving this many clients (default: serve until stopped)")
-    p.add_argument("--max-payload", type=int, default=1024,
+    p.add_argument("--clients", type=opt.clients, help="stop after serving this many clients (default: serve until stopped)")
+    p.add_argument("--max-payload", type=opt.max_payload, default=1024,
                    help="the frame buffer in bytes (default 1024; the iCEBreaker build uses 512)")
     p.set_defaults(func=cmd_serve_sim)
 
     p = sub.add_parser("bench-link", help="host link: every error reply, a cut frame, N fuzz frames, then samples")
     p.add_argument("file")
-    p.add_argument("--frames", type=int, default=10000, help="fuzz frames (default 10,000; CI runs 1,000)")
-    p.add_argument("--samples", type=int, default=4, help="samples classified after the fuzz")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--frames", type=opt.frames, default=10000, help="fuzz frames (default 10,000; CI runs 1,000)")
+    p.add_argument("--samples", type=opt.samples, default=4, help="samples classified after the fuzz")
+    p.add_argument("--seed", type=opt.seed, default=1)
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     p.set_defaults(func=cmd_bench_link)
 
     p = sub.add_parser("bench-density", help="RTL cycles against events at three spike densities (plot + JSON)")
     p.add_argument("file")
-    p.add_argument("--samples", type=int, default=20, help="images per density (default 20)")
-    p.add_argument("--lanes", type=int)
+    p.add_argument("--samples", type=opt.samples, default=20, help="images per density (default 20)")
+    _lanes(p)
     _offsets(p)
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
-    p.add_argument("--out", default="runs/density")
+    p.add_argument("--out", type=opt.output_dir, default="runs/density")
     p.set_defaults(func=cmd_bench_density)

@@ -7,29 +7,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import options as opt
 from .errors import QpsnnError
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # a bug, not the user's input (sysexits' EX_SOFTWARE): one line, --debug shows the traceback
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1): it is the fraction of channels removed")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block): ``qpsnn train: error: argument --lr: ...``."""
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _list_of(kind, check=None):
@@ -60,22 +49,30 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
     p.add_argument("--data-path", metavar="PATH", help="folder of the local files for mnist-idx and cifar10")
 
 
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timesteps", type=opt.timesteps, default=4, help=f"1..{opt.MAX_TIMESTEPS} (default 4)")
+    p.add_argument("--epochs", type=opt.epochs, default=40, help="QAT epochs before pruning (default 40)")
+    p.add_argument("--finetune-epochs", type=opt.finetune_epochs, default=20,
+                   help="quantized fine-tuning epochs after pruning (default 20)")
+
+
 def _add_training(p: argparse.ArgumentParser) -> None:
     _add_data(p)
     p.add_argument("--spec", help="architecture, e.g. c16-p2-c32-p2-fc10 (default: the data set's)")
     p.add_argument("--bits", type=int, default=4, choices=(2, 4, 8), help="hidden-layer weight bits (default 4)")
-    p.add_argument("--prune", type=_fraction, default=0.5, help="fraction of conv channels removed (default 0.5)")
+    p.add_argument("--prune", type=opt.fraction, default=0.5, help="fraction of conv channels removed (default 0.5)")
     p.add_argument("--quant", choices=("rescaw", "uniform", "float"), default="rescaw")
     p.add_argument("--criterion", choices=("svs", "l1"), default="svs")
-    p.add_argument("--timesteps", type=_positive, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=_positive, default=40, help="QAT epochs before pruning (default 40)")
-    p.add_argument("--finetune-epochs", type=int, default=20, help="quantized fine-tuning epochs after pruning")
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate, cosine schedule per phase (default 5e-3)")
-    p.add_argument("--svs-samples", type=_positive, default=64, help="training images SVS scores on (default 64)")
-    p.add_argument("--svs-eps", type=float, default=0.1, help="singular values above eps * largest count (default 0.1)")
-    p.add_argument("--lanes", type=_positive, default=8, help="P: weight codes per memory word in the file (default 8)")
+    _add_schedule(p)
+    p.add_argument("--seed", type=opt.seed, default=0)
+    p.add_argument("--batch-size", type=opt.batch_size, default=64)
+    p.add_argument("--lr", type=opt.learning_rate, default=5e-3,
+                   help="Adam learning rate in (0, 1], cosine schedule per phase (default 5e-3)")
+    p.add_argument("--svs-samples", type=opt.samples, default=64, help="training images SVS scores on (default 64)")
+    p.add_argument("--svs-eps", type=opt.svs_eps, default=0.1,
+                   help="singular values above eps * largest count, eps in [0, 1) (default 0.1)")
+    p.add_argument("--lanes", type=opt.lanes, default=8,
+                   help=f"P: weight codes per memory word in the file, a power of two up to {opt.MAX_LANES} (default 8)")
     p.add_argument("--augment", action="store_true", help="random +-2 pixel shifts while training")
 
 
@@ -91,13 +88,13 @@ def _config(args):
 def _train_and_export(cfg, out: Path, resume: bool, quiet: bool = False) -> dict:
     from .evaluate import evaluate
     from .progress import Reporter
-    from .spec import parse_spec
-    from .train import Trainer, float_accuracy
+    from .train import Trainer, check_config, float_accuracy
 
-    parse_spec(cfg.resolved_spec())  # a bad spec fails before any data is loaded
     reporter = Reporter(quiet=quiet)
     trainer = Trainer(cfg, out, reporter)
-    model, state = trainer.run(resume=resume)
+    payload = trainer.load_checkpoint() if resume else None  # a bad checkpoint fails before any work
+    check_config(trainer.cfg if payload is None else trainer.config_of(payload))  # spec, sizes, data set: before training
+    model, state = trainer.run(resume=resume, payload=payload)
     if trainer.cfg.quant == "float":
         acc = float_accuracy(model, trainer.data.test.images, trainer.data.test.labels)
         raise QpsnnError(f"float model trained (test accuracy {acc:.2f} %); a float model has no integer export")
@@ -153,48 +150,51 @@ def cmd_eval(args) -> int:
 def cmd_inspect(args) -> int:
     from . import modelfile
 
-    manifest = modelfile.read_manifest(args.file)
+    net, manifest = modelfile.load_with_manifest(args.file)  # a broken file is refused before anything is shown
     if args.weights:
-        net = modelfile.load(args.file)
         for entry, layer in zip(manifest["layers"], net.layers):
             entry["weights"] = layer.weights().tolist()
     if args.json:
         print(json.dumps(manifest))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{args.file}[/]: qpsnn {'.'.join(map(str, manifest['version']))}, input {manifest['input']['shape']}, "
-                  f"T={manifest['timesteps']}, {manifest['classes']} classes, {manifest['lanes']} lanes, "
-                  f"leak >>{manifest['neuron']['leak_shift']}, reset {manifest['neuron']['reset']}")
+    console.print(f"[bold]{escape(str(args.file))}[/]: qpsnn {'.'.join(map(str, manifest['version']))}, "
+                  f"input {list(net.in_shape)}, T={net.timesteps}, {net.classes} classes, {net.lanes} lanes, "
+                  f"leak >>{net.leak_shift}, reset zero")
     table = Table()
     for col in ("layer", "in", "out", "bits", "shift", "kept", "threshold", "bias", "V bits", "weight bytes"):
         table.add_column(col)
     sizes = {s["name"]: s["bytes"] for s in manifest["sections"]}
-    for e in manifest["layers"]:
-        th = e["threshold"]
-        table.add_row(e["name"], str(e["in_shape"]), str(e["out_shape"]) + (f" pool {e['pool']}" if e["pool"] > 1 else ""),
-                      str(e["bits"]), str(e["weight_shift"]), f"{len(e['kept_channels'])}",
-                      "—" if th is None else f"{min(th)}..{max(th)}", f"{min(e['bias'])}..{max(e['bias'])}",
-                      str(e["membrane_bits"]), str(sizes[e["section"]]))
+    for e, layer in zip(manifest["layers"], net.layers):
+        th = layer.threshold
+        table.add_row(escape(e["name"]), str(list(layer.in_shape)),
+                      str(list(layer.out_shape)) + (f" pool {layer.pool}" if layer.pool > 1 else ""),
+                      str(layer.bits), str(layer.weight_shift), f"{len(layer.kept_channels)}",
+                      "—" if th is None else f"{int(th.min())}..{int(th.max())}",
+                      f"{int(layer.bias.min())}..{int(layer.bias.max())}", str(layer.membrane_bits),
+                      str(sizes[e["section"]]))
     console.print(table)
-    prov = manifest.get("provenance", {})
-    if prov:
-        console.print(f"provenance: spec {prov.get('spec')} (from {prov.get('original_spec')}), "
-                      f"config {json.dumps(prov.get('config'))}")
+    prov = net.provenance
+    if prov:  # JSON with ASCII escapes: any string the file holds prints on any terminal
+        console.print(escape(f"provenance: spec {json.dumps(prov.get('spec'))} (from {json.dumps(prov.get('original_spec'))}), "
+                             f"config {json.dumps(prov.get('config'))}"))
     if args.weights:
         for e in manifest["layers"]:
-            console.print(f"{e['name']} weights: {e['weights']}")
+            console.print(escape(f"{e['name']} weights: {e['weights']}"))
     return 0
 
 
 def cmd_ablate(args) -> int:
     from .ablate import run_ablation
-    from .train import TrainConfig
+    from .train import TrainConfig, check_config
 
     base = TrainConfig(dataset=args.dataset, data_path=args.data_path, epochs=args.epochs,
                        finetune_epochs=args.finetune_epochs, timesteps=args.timesteps)
+    check_config(base)
     out = Path(args.out)
     run_ablation(base, args.bits, args.prune, args.seeds, out)
     print((out / "results.md").read_text())
@@ -218,17 +218,18 @@ def cmd_infer(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qpsnn", description="Quantized and pruned SNNs, from training to an FPGA accelerator.")
+    parser = _Parser(prog="qpsnn", description="Quantized and pruned SNNs, from training to an FPGA accelerator.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="train the default digits model (4-bit, 50%% pruned), export, evaluate")
-    p.add_argument("--out", default="model.qpsnn", help="model file to write (default model.qpsnn)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=opt.output_file, default="model.qpsnn", help="model file to write (default model.qpsnn)")
+    p.add_argument("--seed", type=opt.seed, default=0)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train, prune, fine-tune and export a QP-SNN")
     _add_training(p)
-    p.add_argument("--out", default="model.qpsnn", help="model file to write; the checkpoint is OUT.ckpt")
+    p.add_argument("--out", type=opt.output_file, default="model.qpsnn", help="model file to write; the checkpoint is OUT.ckpt")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.ckpt")
     p.add_argument("--json", action="store_true", help="print the evaluation as JSON only")
     p.set_defaults(func=cmd_train)
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="integer (golden) accuracy and costs of a model file")
     p.add_argument("file")
     _add_data(p, default=None)
-    p.add_argument("--samples", type=_positive, help="only the first N test images")
+    p.add_argument("--samples", type=opt.samples, help="only the first N test images")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -249,23 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="float / uniform+L1 / +ReScaW / +SVS / ReScaW+SVS over bits, ratios, seeds")
     _add_data(p)
     p.add_argument("--bits", type=_list_of(int, _check_bits), default=[2, 4])
-    p.add_argument("--prune", type=_list_of(_fraction), default=[0.5, 0.75])
-    p.add_argument("--seeds", type=_positive, default=3)
-    p.add_argument("--epochs", type=_positive, default=40)
-    p.add_argument("--finetune-epochs", type=int, default=20)
-    p.add_argument("--timesteps", type=_positive, default=4)
-    p.add_argument("--out", default="runs/ablate")
+    p.add_argument("--prune", type=_list_of(opt.fraction), default=[0.5, 0.75])
+    p.add_argument("--seeds", type=opt.seeds, default=3)
+    _add_schedule(p)
+    p.add_argument("--out", type=opt.output_dir, default="runs/ablate")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("infer", help="load a model into a device (board or serve-sim) and classify test images")
     p.add_argument("file")
-    p.add_argument("--device", required=True, help="serial port or URL: /dev/ttyUSB1, socket://127.0.0.1:PORT, "
+    p.add_argument("--device", required=True, type=opt.device_url, help="serial port or URL: /dev/ttyUSB1, socket://127.0.0.1:PORT, "
                    "mmio+socket://127.0.0.1:PORT, mmio:///sys/bus/pci/devices/.../resource0")
     _add_data(p, default=None)
-    p.add_argument("--samples", type=_positive, default=20, help="first N test images (default 20)")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each reply (default 2)")
-    p.add_argument("--retries", type=int, default=3, help="resends of an unanswered request (default 3)")
-    p.add_argument("--baudrate", type=int, default=115200)
+    p.add_argument("--samples", type=opt.samples, default=20, help="first N test images (default 20)")
+    p.add_argument("--timeout", type=opt.timeout, default=2.0, help="seconds to wait for each reply, in (0, 3600] (default 2)")
+    p.add_argument("--retries", type=opt.retries, default=3, help="resends of an unanswered request, 0..100 (default 3)")
+    p.add_argument("--baudrate", type=opt.baud, default=115200)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_infer)
 
@@ -296,18 +295,34 @@ def _extensions() -> list:
     return found
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except QpsnnError as exc:
-        print(f"qpsnn: error: {exc}", file=sys.stderr)
+        print(f"qpsnn: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = " (continue with --resume)" if args.command == "train" else ""
         print(f"qpsnn: interrupted{hint}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file or folder the user named (full disk, no permission): their input, not a bug
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"qpsnn: error: {_one_line(where + (exc.strerror or str(exc)))}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"qpsnn: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with qpsnn --debug "
+              f"{args.command} ... for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

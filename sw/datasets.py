@@ -19,6 +19,27 @@ from .errors import DatasetError
 BUILTIN = ("digits", "mnist5k")
 LOCAL = ("mnist-idx", "cifar10")
 NAMES = BUILTIN + LOCAL
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28), "mnist-idx": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def check_source(name: str, path: str | Path | None) -> None:
+    """Refuse an unknown data set, a path given to a built-in one, or a local one without its folder,
+    without loading anything."""
+    if name not in NAMES:
+        raise DatasetError(f"unknown data set {name!r} (choose from {', '.join(NAMES)})")
+    if name in BUILTIN and path is not None:
+        raise DatasetError(f"data set {name!r} ships with the package: --data-path is only for {' and '.join(LOCAL)}")
+    if name in LOCAL:
+        if path is None:
+            raise DatasetError(f"data set {name!r} reads local files: give --data-path PATH")
+        if not Path(path).is_dir():
+            raise DatasetError(f"{'MNIST IDX' if name == 'mnist-idx' else 'CIFAR-10'} directory {path} does not exist")
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+    """(C, H, W) of a data set's images, known without loading it."""
+    check_source(name, None if name in BUILTIN else ".")
+    return IMAGE_SHAPES[name]
 
 
 @dataclass
@@ -108,7 +129,9 @@ def load_mnist_idx(path: str | Path) -> Dataset:
         labels = read_idx(_find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"]))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DatasetError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match")
-        if images.dtype != np.uint8 or labels.max(initial=0) > 9:
+        if not len(images):
+            raise DatasetError(f"{root}: the {split} files hold no images")
+        if images.dtype != np.uint8 or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > 9:
             raise DatasetError(f"{root}: {split} files are not MNIST (uint8 images, labels 0-9)")
         parts[split] = Split(images[:, None].copy(), labels.astype(np.int64))
     return Dataset("mnist-idx", parts["train"], parts["test"], 10)
@@ -140,7 +163,9 @@ def _read_cifar_batch(path: Path) -> Split:
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetError(f"{path}: data {data.shape} {data.dtype} does not match CIFAR-10 (N x 3072 uint8)")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
+    if not labels.size:
+        raise DatasetError(f"{path}: the batch holds no images")
+    if labels.min() < 0 or labels.max() > 9:
         raise DatasetError(f"{path}: labels outside 0-9")
     return Split(data.reshape(-1, 3, 32, 32), labels)
 
@@ -160,12 +185,9 @@ def load_cifar10(path: str | Path) -> Dataset:
 
 
 def load_dataset(name: str, path: str | Path | None = None) -> Dataset:
+    check_source(name, path)
     if name == "digits":
         return load_digits()
     if name == "mnist5k":
         return load_mnist5k()
-    if name in LOCAL:
-        if path is None:
-            raise DatasetError(f"data set {name!r} reads local files: give --data-path PATH")
-        return load_mnist_idx(path) if name == "mnist-idx" else load_cifar10(path)
-    raise DatasetError(f"unknown data set {name!r} (choose from {', '.join(NAMES)})")
+    return load_mnist_idx(path) if name == "mnist-idx" else load_cifar10(path)

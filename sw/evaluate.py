@@ -11,7 +11,6 @@ from .errors import DatasetError
 from .golden import run_golden
 from .intnet import IntNet
 from .packing import packed_size
-from .train import float_accuracy, load_float_checkpoint
 
 
 def weight_bytes(net: IntNet) -> int:
@@ -44,16 +43,26 @@ def evaluate(path: str | Path, dataset: str | None = None, data_path: str | None
         spikes += int(result.spikes.sum())
         sops += int(result.sops.sum())
     n = max(1, len(images))
-    float_model = load_float_checkpoint(path.with_suffix(".pt"))
-    accuracy_float = None if float_model is None else round(float_accuracy(float_model, images, labels), 4)
     return {
         "model": str(path),
         "dataset": data.name,
         "samples": len(images),
         "accuracy_int": round(100.0 * correct / n, 4),
-        "accuracy_float": accuracy_float,
+        "accuracy_float": _float_accuracy(path, images, labels),
         "weight_bytes": weight_bytes(net),
         "file_bytes": path.stat().st_size,
         "spikes_per_sample": round(spikes / n, 3),
         "sops_per_sample": round(sops / n, 3),
     }
+
+
+def _float_accuracy(path: Path, images, labels) -> float | None:
+    """The accuracy of the float model in ``path``'s ``.pt`` when that checkpoint was saved with this very file
+    (its fingerprint matches); None otherwise. Training is imported only then."""
+    pt = path.with_suffix(".pt")
+    if not pt.is_file():
+        return None
+    from .train import fingerprint, float_accuracy, load_float_checkpoint
+
+    float_model = load_float_checkpoint(pt, fingerprint(path.read_bytes()))
+    return None if float_model is None else round(float_accuracy(float_model, images, labels), 4)

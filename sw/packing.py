@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_LANES = 64  # the widest word (P codes) the RTL is generated and tested with; P is a power of two
+
+
+def lanes_problem(lanes) -> str | None:
+    """Why ``lanes`` cannot be built, or None."""
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= MAX_LANES or lanes & (lanes - 1):
+        return f"lanes must be a power of two in 1..{MAX_LANES}, not {lanes!r}"
+    return None
+
 
 def word_bytes(bits: int, lanes: int) -> int:
     return (bits * lanes + 7) // 8

@@ -21,6 +21,8 @@ DEFAULT_SPECS = {
 }
 
 _TOKEN = re.compile(r"^(c|fc|p)(\d+)$")
+MAX_CHANNELS = 4096  # per layer; the accelerator's widest built layer is 128
+MAX_WEIGHTS = 1 << 24  # 16 M weights in all: 8 MB at 4 bits, far beyond any board's memories
 
 
 @dataclass
@@ -60,9 +62,11 @@ def parse_spec(text: str) -> NetSpec:
         match = _TOKEN.match(token)
         if not match:
             raise SpecError(f"bad token {token!r} in spec {text!r} (expected cN, pN or fcN)")
-        kind, n = match.group(1), int(match.group(2))
+        kind, n = match.group(1), int(match.group(2)[:12])
         if n < 1:
             raise SpecError(f"token {token!r} in spec {text!r} needs a positive size")
+        if n > MAX_CHANNELS and kind != "p":
+            raise SpecError(f"token {token!r} in spec {text!r}: at most {MAX_CHANNELS} channels a layer")
         if kind == "p":
             if not layers or layers[-1].kind != "conv" or layers[-1].pool != 1:
                 raise SpecError(f"pooling {token!r} must follow a convolution (spec {text!r})")
@@ -98,3 +102,23 @@ def layer_shapes(spec: NetSpec, in_shape: tuple[int, int, int]) -> list[tuple[tu
         shapes.append((shape, out))
         shape = out
     return shapes
+
+
+def check_size(spec: NetSpec, in_shape: tuple[int, int, int]) -> int:
+    """The number of weights of ``spec`` on ``in_shape`` images; refuses a net over `MAX_WEIGHTS` (before
+    anything is allocated)."""
+    total = 0
+    for layer, (shape, _) in zip(spec.layers, layer_shapes(spec, in_shape)):
+        fan_in = shape[0] * 9 if layer.kind == "conv" else _prod(shape)
+        total += fan_in * layer.out_channels
+    if total > MAX_WEIGHTS:
+        raise SpecError(f"spec {spec} on {tuple(in_shape)} images has {total:,} weights, more than the "
+                        f"{MAX_WEIGHTS:,} allowed")
+    return total
+
+
+def _prod(shape) -> int:
+    out = 1
+    for v in shape:
+        out *= v
+    return out

@@ -4,8 +4,10 @@ interrupted run from the last finished epoch, bit for bit the same as an uninter
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from .intnet import IntNet
 from .model import QPSNN, QuantConfig
 from .progress import Reporter
 from .pruning import l1_scores, prune, select_channels, svs_scores
-from .spec import DEFAULT_SPECS, parse_spec
+from .spec import DEFAULT_SPECS, check_size, parse_spec
 
 
 @dataclass
@@ -44,6 +46,21 @@ class TrainConfig:
 
     def resolved_spec(self) -> str:
         return self.spec or DEFAULT_SPECS.get(self.dataset, DEFAULT_SPECS["digits"])
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Everything about a run that can be refused without training: the data set and its path, the spec and
+    the size it makes, the lanes the file will hold. Raises a `QpsnnError` that names the problem."""
+    from .datasets import check_source, image_shape
+    from .options import MAX_TIMESTEPS
+    from .packing import lanes_problem
+
+    check_source(cfg.dataset, cfg.data_path)
+    check_size(parse_spec(cfg.resolved_spec()), image_shape(cfg.dataset))
+    if lanes_problem(cfg.lanes):
+        raise QpsnnError(lanes_problem(cfg.lanes))
+    if not 1 <= cfg.timesteps <= MAX_TIMESTEPS:
+        raise QpsnnError(f"timesteps {cfg.timesteps} is outside 1..{MAX_TIMESTEPS}")
 
 
 @dataclass
@@ -120,25 +137,48 @@ class Trainer:
         payload = {"config": asdict(self.cfg), "state": asdict(state), "model": model.state_dict(),
                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                    "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
-        tmp = self.ckpt.with_name(self.ckpt.name + ".part")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.ckpt)
+        _save_atomic(payload, self.ckpt)
 
-    def _load_ckpt(self):
-        if not self.ckpt.is_file():
-            raise QpsnnError(f"nothing to resume: no checkpoint {self.ckpt}")
+    CKPT_KEYS = {"config": dict, "state": dict, "model": dict, "optimizer": dict, "scheduler": dict,
+                 "rng": torch.Tensor, "torch_rng": torch.Tensor}
+
+    def load_checkpoint(self) -> dict:
+        """The checkpoint to resume from, checked for its fields (so a foreign or empty file is one error)."""
+        from .options import regular_file
+
+        regular_file(self.ckpt, "checkpoint to resume (nothing to resume)")
         try:
             payload = torch.load(self.ckpt, weights_only=True)
         except Exception as exc:
-            raise QpsnnError(f"checkpoint {self.ckpt} cannot be read: {exc}") from None
+            raise QpsnnError(f"checkpoint {self.ckpt} cannot be read: {' '.join(str(exc).split())[:200]}") from None
+        problem = None if isinstance(payload, dict) else "not a dict"
+        for key, kind in self.CKPT_KEYS.items():
+            if problem is None and not isinstance(payload.get(key), kind):
+                problem = f"no {key} ({kind.__name__})"
+        if problem is None:
+            try:
+                self.config_of(payload)
+                TrainState(**payload["state"])
+            except TypeError as exc:
+                problem = str(exc)
+        if problem:
+            raise QpsnnError(f"checkpoint {self.ckpt} is not a qpsnn training checkpoint: {problem}")
         return payload
 
+    @staticmethod
+    def config_of(payload: dict) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)}
+        config = payload["config"]
+        if set(config) != names:
+            raise TypeError(f"config fields {sorted(set(config) ^ names)} differ from this version's")
+        return TrainConfig(**config)
+
     # ------------------------------------------------------------------ run
-    def run(self, resume: bool = False) -> tuple[QPSNN, TrainState]:
-        payload = None
-        if resume:
-            payload = self._load_ckpt()
-            self.cfg = TrainConfig(**payload["config"])
+    def run(self, resume: bool = False, payload: dict | None = None) -> tuple[QPSNN, TrainState]:
+        if resume and payload is None:
+            payload = self.load_checkpoint()
+        if payload is not None:
+            self.cfg = self.config_of(payload)
         cfg = self.cfg
         self.out.parent.mkdir(parents=True, exist_ok=True)
         data = self.data or load_dataset(cfg.dataset, cfg.data_path)
@@ -149,15 +189,19 @@ class Trainer:
         model = build_model(cfg, state.spec, data.in_shape)
         opt, sched = _optimizer(model, cfg, cfg.epochs)
         if payload is not None:
-            state = TrainState(**payload["state"])
-            state.kept = {int(k): v for k, v in state.kept.items()}
-            model = build_model(cfg, state.spec, data.in_shape)
-            model.load_state_dict(payload["model"])
-            opt, sched = _optimizer(model, cfg, cfg.epochs if state.phase == "qat" else cfg.finetune_epochs)
-            opt.load_state_dict(payload["optimizer"])
-            sched.load_state_dict(payload["scheduler"])
-            gen.set_state(payload["rng"])
-            torch.set_rng_state(payload["torch_rng"])
+            try:
+                state = TrainState(**payload["state"])
+                state.kept = {int(k): v for k, v in state.kept.items()}
+                model = build_model(cfg, state.spec, data.in_shape)
+                model.load_state_dict(payload["model"])
+                opt, sched = _optimizer(model, cfg, cfg.epochs if state.phase == "qat" else cfg.finetune_epochs)
+                opt.load_state_dict(payload["optimizer"])
+                sched.load_state_dict(payload["scheduler"])
+                gen.set_state(payload["rng"])
+                torch.set_rng_state(payload["torch_rng"])
+            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise QpsnnError(f"checkpoint {self.ckpt} does not fit its own configuration: "
+                                 f"{' '.join(str(exc).split())[:200]}") from None
             self.reporter.log(f"resuming {state.phase} after epoch {state.epoch} from {self.ckpt}")
 
         if state.phase == "qat":
@@ -222,12 +266,34 @@ class Trainer:
                 "original_spec": cfg.resolved_spec(), "history": state.history[-3:],
                 "accuracy_float": accuracy_float, **(extra_provenance or {})}
         net = fold(model, lanes=cfg.lanes, kept_channels=state.kept, provenance=prov)
-        save_float_checkpoint(model, state, self.out.with_suffix(".pt"))
-        modelfile.save(net, self.out)
+        remove_leftovers(self.out)  # of an export killed before: nothing but the new files stays
+        data = modelfile.to_bytes(net)
+        modelfile.save(net, self.out, data)
+        # second: killed in between, the model stands alone; an older .pt's fingerprint does not match it
+        save_float_checkpoint(model, state, self.out.with_suffix(".pt"), fingerprint(data))
         return net
 
     def cleanup(self) -> None:
         self.ckpt.unlink(missing_ok=True)
+        remove_leftovers(self.out)
+
+
+def remove_leftovers(out: Path) -> None:
+    """Temporary files of a write that was killed: ``.OUT.*.part`` (model), ``OUT.ckpt.part``, ``OUT.pt.part``."""
+    out = Path(out)
+    folder = out.parent if out.parent.is_dir() else None
+    if folder is None:
+        return
+    pt = out.with_suffix(".pt")
+    for part in [*folder.glob(f".{glob.escape(out.name)}.*.part"), out.with_name(out.name + ".ckpt.part"),
+                 pt.with_name(pt.name + ".part")]:
+        if part.is_file():
+            part.unlink(missing_ok=True)
+
+
+def fingerprint(model_bytes: bytes) -> str:
+    """What ties a float checkpoint to its `.qpsnn` file: the sha256 of the file."""
+    return hashlib.sha256(model_bytes).hexdigest()
 
 
 def _version() -> str:
@@ -236,24 +302,43 @@ def _version() -> str:
     return __version__
 
 
-def save_float_checkpoint(model: QPSNN, state: TrainState, path: Path) -> None:
-    """The float model beside the `.qpsnn` file (for ``accuracy_float``); tensors and plain data only."""
+def save_float_checkpoint(model: QPSNN, state: TrainState, path: Path, model_fingerprint: str | None = None) -> None:
+    """The float model beside the `.qpsnn` file (for ``accuracy_float``); tensors and plain data only.
+    ``model_fingerprint`` is the `fingerprint` of the `.qpsnn` file it belongs to."""
     payload = {"spec": state.spec, "in_shape": list(model.in_shape), "timesteps": model.timesteps,
-               "quant": asdict(model.quant), "state_dict": model.state_dict()}
+               "quant": asdict(model.quant), "state_dict": model.state_dict(), "model_sha256": model_fingerprint}
+    _save_atomic(payload, path)
+
+
+def _save_atomic(payload: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def load_float_checkpoint(path: Path) -> QPSNN | None:
+def load_float_checkpoint(path: Path, model_fingerprint: str | None = None) -> QPSNN | None:
+    """The float model of a checkpoint; None when there is none, or (with ``model_fingerprint``) when it is not
+    the checkpoint saved with that model file (another model's, or no qpsnn checkpoint at all)."""
     if not path.is_file():
         return None
     try:
         payload = torch.load(path, weights_only=True)
+    except Exception as exc:
+        if model_fingerprint is not None:
+            return None
+        raise QpsnnError(f"float checkpoint {path} cannot be read: {' '.join(str(exc).split())[:200]}") from None
+    if model_fingerprint is not None and (not isinstance(payload, dict)
+                                          or payload.get("model_sha256") != model_fingerprint):
+        return None
+    try:
         model = QPSNN(parse_spec(payload["spec"]), tuple(payload["in_shape"]), payload["timesteps"],
                       QuantConfig(**payload["quant"]))
         model.load_state_dict(payload["state_dict"])
     except Exception as exc:
-        raise QpsnnError(f"float checkpoint {path} cannot be read: {exc}") from None
+        raise QpsnnError(f"float checkpoint {path} cannot be read: {' '.join(str(exc).split())[:200]}") from None
     model.eval()
     return model

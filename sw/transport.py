@@ -66,10 +66,14 @@ class SysfsBAR:
 
     def __init__(self, path: str, size: int = 4096):
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_SYNC)
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.fd = os.open(path, os.O_RDWR | os.O_SYNC | os.O_NONBLOCK)
         except OSError as exc:
-            raise NoDeviceError(f"cannot map the register window {path}: {exc}") from None
+            raise NoDeviceError(f"cannot map the register window {path}: {exc.strerror}") from None
+        try:
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError) as exc:  # ValueError: the file is shorter than the window
+            os.close(self.fd)
+            raise NoDeviceError(f"cannot map {size} bytes of the register window {path}: {exc}") from None
 
     def read32(self, addr: int) -> int:
         return struct.unpack_from("<I", self.map, addr)[0]

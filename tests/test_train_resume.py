@@ -43,3 +43,54 @@ def test_interrupted_training_resumes_to_the_same_model(digits, tmp_path, monkey
 def test_resume_without_checkpoint_is_a_clear_error(digits, tmp_path):
     with pytest.raises(QpsnnError, match="nothing to resume"):
         _run(digits, tmp_path / "none.qpsnn", resume=True)
+
+
+def test_an_export_killed_at_any_step_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Issue 11: die at every step of an export in turn (fold, encode, write, fsync, rename of the model, then
+    of the float checkpoint); nothing but complete files may remain, and the next export ends with exactly
+    the model and its checkpoint. Files a real kill leaves (no cleanup runs) are removed by the next export."""
+    import os
+
+    from qpsnn.sw import modelfile
+    from qpsnn.sw.train import TrainState
+
+    from conftest import random_model
+
+    model = random_model("c3-p2-fc4", (1, 6, 6))
+    cfg = TrainConfig(spec="c3-p2-fc4", lanes=4)
+    out = tmp_path / "m.qpsnn"
+    steps = [(train_mod, "fold"), (modelfile, "to_bytes"), (modelfile, "_write_all"), (os, "fsync"),
+             (os, "replace"), (torch, "save")]
+    calls = {"n": 0, "die_at": 0}
+
+    def dying(real):
+        def step(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == calls["die_at"]:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return step
+
+    for owner, name in steps:
+        monkeypatch.setattr(owner, name, dying(getattr(owner, name)))
+    died = 0
+    while True:
+        calls["n"], calls["die_at"] = 0, died + 1
+        trainer = Trainer(cfg, out, Reporter(quiet=True))
+        try:
+            trainer.export(model, TrainState(phase="done", spec="c3-p2-fc4"))
+        except KeyboardInterrupt:
+            died += 1
+            left = {p.name for p in tmp_path.iterdir()}
+            assert left <= {"m.qpsnn", "m.pt"}, (died, left)
+            continue
+        break
+    assert died >= len(steps)  # every step was hit at least once
+    monkeypatch.undo()
+    for name in (".m.qpsnn.x1y2.part", "m.qpsnn.ckpt.part", "m.pt.part"):  # what SIGKILL would leave
+        (tmp_path / name).write_bytes(b"partial")
+    trainer = Trainer(cfg, out, Reporter(quiet=True))
+    trainer.export(model, TrainState(phase="done", spec="c3-p2-fc4"))
+    trainer.cleanup()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.qpsnn"]
+    modelfile.load(out)
