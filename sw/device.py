@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import protocol as proto
-from .errors import DeviceError, DeviceRefused, DeviceTimeout, ModelMismatchError, ProtocolVersionError
+from .errors import DeviceError, DeviceRefused, DeviceTimeout, ModelMismatchError, ProtocolVersionError, QpsnnError
+from .geometry import geometry_of
 from .intnet import IntNet
 from .packing import pack_words
 from .transport import open_transport
@@ -88,6 +89,10 @@ def run_payloads(image: np.ndarray, info: proto.DeviceInfo) -> list[bytes]:
 
 class Device:
     def __init__(self, url: str, timeout: float = 2.0, retries: int = 3, baudrate: int = 115200, transport=None):
+        if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):  # nan fails both
+            raise QpsnnError(f"timeout {timeout!r} must be a positive number of seconds")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise QpsnnError(f"retries {retries!r} must be an integer of at least 0")
         self.url, self.timeout, self.retries = url, timeout, retries
         self.transport = transport or open_transport(url, baudrate)
         self.parser = proto.ReplyParser()
@@ -168,8 +173,6 @@ class Device:
         self.request(proto.RESET)
 
     def check_fits(self, net: IntNet) -> None:
-        from qpsnn.hw.geometry import geometry_of
-
         info = self.info
         geo = geometry_of(net, info.lanes, info.offsets)
         if proto.fingerprint(geo) == info.fingerprint:

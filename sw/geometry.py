@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qpsnn.sw.errors import QpsnnError
-from qpsnn.sw.intnet import IntLayer, IntNet
-from qpsnn.sw.packing import words_per_row
+from .errors import QpsnnError
+from .intnet import IntLayer, IntNet
+from .packing import words_per_row
 
 
 class CapacityError(QpsnnError, ValueError):

@@ -78,6 +78,3 @@ class IntNet:
     lanes: int = 8
     leak_shift: int = LEAK_SHIFT
     provenance: dict = field(default_factory=dict)
-
-    def weight_count(self) -> int:
-        return sum(layer.codes.numel() for layer in self.layers)

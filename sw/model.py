@@ -69,7 +69,7 @@ class QPSNN(nn.Module):
         self.norms = nn.ModuleList()
         for i, (layer, (ishape, _)) in enumerate(zip(spec.layers, self.shapes)):
             fan_in = ishape[0] if layer.kind == "conv" else int(torch.tensor(ishape).prod())
-            self.layers.append(QuantLayer(layer.kind if layer.kind != "fc" else "fc", fan_in, layer.out_channels,
+            self.layers.append(QuantLayer(layer.kind, fan_in, layer.out_channels,
                                           quant.layer_bits(i, count), quant.layer_mode(i, count)))
             if layer.kind == "conv":
                 self.norms.append(nn.BatchNorm2d(layer.out_channels))

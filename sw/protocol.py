@@ -144,7 +144,7 @@ class DeviceInfo:
 
 def fingerprint(geo) -> int:
     """CRC-32 of everything the RTL bakes in for a model: a model with the same fingerprint loads and runs
-    on the accelerator; another does not fit. ``geo`` is a `qpsnn.hw.geometry.Geometry` or any object with
+    on the accelerator; another does not fit. ``geo`` is a `qpsnn.sw.geometry.Geometry` or any object with
     the same fields (the driver builds one from the model file without amaranth)."""
     parts = [geo.lanes, geo.timesteps, geo.classes, geo.leak_shift, *geo.in_shape, getattr(geo, "offsets", 1)]
     for lg in geo.layers:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import torch
 
-BITS = (2, 4, 8)
-MODES = ("rescaw", "uniform")  # hidden layers; the 8-bit edge layers use "maxabs" / "maxabs-layer"
-
 
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
