@@ -10,6 +10,10 @@ demo:
 test *ARGS:
     python3 -m pytest -q {{ARGS}}
 
+# the 10,000-case semantic fuzz of the model-file validator (CI runs 1,000)
+fuzz-modelfile cases="10000":
+    python3 -m qpsnn.sw.fuzz_modelfile --cases {{cases}} --seed 0
+
 # evaluate a model file with the integer golden model
 eval file=model:
     qpsnn eval {{file}}

@@ -19,7 +19,6 @@ from .packing import MAX_LANES
 MAX_TIMESTEPS = 1024  # what a .qpsnn file may hold (`modelfile`)
 MAX_SEED = 2 ** 32 - 1  # numpy's and torch's generators both take it
 SERIAL_SCHEMES = ("socket", "loop", "rfc2217", "spy", "hwgrep", "alt", "cp2110")
-MMIO_SCHEMES = ("mmio", "mmio+socket")
 
 
 def _bad(message: str):
@@ -133,14 +132,8 @@ def device_url(text: str) -> str:
     scheme, sep, rest = text.partition("://")
     if not sep:
         return _serial_port(text)
-    if scheme in MMIO_SCHEMES[:1]:
-        try:
-            mode = os.stat(rest).st_mode
-        except OSError as exc:
-            raise _bad(f"{text}: {exc.strerror}") from None
-        if not stat.S_ISREG(mode):
-            raise _bad(f"{text}: {rest} is not a register window file (a sysfs resource file)")
-        return text
+    if scheme == "mmio":
+        return _device_node(text, rest, stat.S_ISREG, "a register window file (a sysfs resource file)")
     if scheme in ("socket", "mmio+socket", "rfc2217"):
         host, colon, number = rest.rstrip("/").rpartition(":")
         if not colon or not host or not number.isdigit() or not 1 <= int(number) <= 65535:
@@ -154,12 +147,17 @@ def device_url(text: str) -> str:
 def _serial_port(text: str) -> str:
     if not text:
         raise _bad("an empty device")
+    return _device_node(text, text, stat.S_ISCHR, "a serial port (not a character device)",
+                        " (a serial port such as /dev/ttyUSB1, or a URL)")
+
+
+def _device_node(text: str, path: str, kind_ok, kind: str, hint: str = "") -> str:
     try:
-        mode = os.stat(text).st_mode
+        mode = os.stat(path).st_mode
     except OSError as exc:
-        raise _bad(f"{text}: {exc.strerror} (a serial port such as /dev/ttyUSB1, or a URL)") from None
-    if not stat.S_ISCHR(mode):
-        raise _bad(f"{text} is not a serial port (not a character device)")
+        raise _bad(f"{text}: {exc.strerror}{hint}") from None
+    if not kind_ok(mode):
+        raise _bad(f"{text} is not {kind}")
     return text
 
 

@@ -317,3 +317,20 @@ def test_entry_point_refuses_in_one_line(tmp_path):
                               timeout=120, cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_eval_ignores_another_models_float_checkpoint(capsys, workdir):
+    """A `.pt` beside the file counts only when it was saved with that very file (its sha256)."""
+    import json
+
+    from qpsnn.sw.train import TrainState, fingerprint, save_float_checkpoint
+
+    model = random_model("c4-p2-fc10", (1, 8, 8), seed=2)
+    (workdir / "m.qpsnn").write_bytes((workdir / "MODEL").read_bytes())
+    state = TrainState(spec="c4-p2-fc10")
+    save_float_checkpoint(model, state, workdir / "m.pt", fingerprint(b"another model"))
+    assert main(["eval", "m.qpsnn", "--samples", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy_float"] is None
+    save_float_checkpoint(model, state, workdir / "m.pt", fingerprint((workdir / "m.qpsnn").read_bytes()))
+    assert main(["eval", "m.qpsnn", "--samples", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy_float"] is not None
