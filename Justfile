@@ -60,3 +60,16 @@ check-bitstreams:
 # rebuild every kept bitstream with the command in its report.json and compare the sha256 with the manifest
 reproduce-bitstreams:
     qpsnn build --reproduce
+
+# co-design on the iCEBreaker: five digits networks x P x offsets, synthesized; runs/sweep/icebreaker/pareto.png
+sweep-digits:
+    mkdir -p runs/sweep/digits
+    test -f runs/sweep/digits/p75-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 4 --out runs/sweep/digits/p75-t4.qpsnn
+    test -f runs/sweep/digits/p75-t2.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 2 --out runs/sweep/digits/p75-t2.qpsnn
+    test -f runs/sweep/digits/p50-t2.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.5 --timesteps 2 --out runs/sweep/digits/p50-t2.qpsnn
+    test -f runs/sweep/digits/p875-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.875 --timesteps 4 --out runs/sweep/digits/p875-t4.qpsnn
+    qpsnn sweep bitstreams/icebreaker/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
+
+# co-design on the ULX3S, MNIST-5k: the kept model over P and offsets (memory plan; add --synth for logic)
+sweep-mnist5k:
+    qpsnn sweep bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 4,8,16,32 --offsets 1,9 --clock 30 --out runs/sweep/ulx3s-85f

@@ -114,6 +114,7 @@ def synth_resources(design, board: Board, cache: Path | None = None) -> dict:
              "dsp": cells.get(DSP_CELLS[board.family], 0)}
     if cache:
         store[key] = found
+        cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(store, indent=1))
         tmp.replace(cache)
@@ -252,36 +253,14 @@ def _offsets(text: str) -> int:
     return int(text)
 
 
-def _lanes(text: str) -> int:
-    import argparse
-
-    if not text.isdigit() or int(text) not in (1, 2, 4, 8, 16, 32, 64):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two in 1..64")
-    return int(text)
-
-
-def _positive(text: str, what: str) -> float:
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0 or (what == "samples" and value != int(value)):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive {'integer' if what == 'samples' else 'number'}")
-    return int(value) if what == "samples" else value
-
-
 def cmd_sweep(args) -> int:
-    from qpsnn.sw.errors import QpsnnError
+    from qpsnn.sw.options import regular_file
 
     from .boards import board_named
 
     board = board_named(args.board)
     for m in args.models:
-        if not Path(m).is_file():
-            raise QpsnnError(f"{m}: no such model file")
+        regular_file(m, "model file")
     clock = args.clock or board.default_mhz
     out = Path(args.out or Path("runs") / "sweep" / board.name)
 
@@ -307,16 +286,18 @@ def cmd_sweep(args) -> int:
 
 def register(sub) -> None:
     """``qpsnn sweep`` (called from `qpsnn.hw.cli.register`)."""
+    from qpsnn.sw import options as opt
+
     from .boards import BOARDS
 
     p = sub.add_parser("sweep", help="co-design: models x (P, offsets) on a board, measured; the Pareto front as a plot")
     p.add_argument("models", nargs="+", metavar="MODEL", help="trained model files (qpsnn train)")
     p.add_argument("--board", required=True, choices=sorted(BOARDS))
-    p.add_argument("--lanes", type=_list(_lanes, "lanes"), default=[1, 2, 4, 8, 16], help="P values (default 1,2,4,8,16)")
+    p.add_argument("--lanes", type=_list(opt.lanes, "lanes"), default=[1, 2, 4, 8, 16], help="P values (default 1,2,4,8,16)")
     p.add_argument("--offsets", type=_list(_offsets, "offsets"), default=[1, 9],
                    help="kernel offsets per cycle (default 1,9)")
-    p.add_argument("--clock", type=lambda v: _positive(v, "MHz"), help="MHz that images/s are computed at (default: the board's build clock)")
-    p.add_argument("--samples", type=lambda v: _positive(v, "samples"), help="only the first N test images (default: all)")
+    p.add_argument("--clock", type=opt.clock_mhz, help="MHz that images/s are computed at (default: the board's build clock)")
+    p.add_argument("--samples", type=opt.samples, help="only the first N test images (default: all)")
     p.add_argument("--synth", action="store_true", help="synthesize every point that fits for its logic and DSP count")
-    p.add_argument("--out", help="folder for sweep.json and pareto.png (default runs/sweep/BOARD)")
+    p.add_argument("--out", type=opt.output_dir, help="folder for sweep.json and pareto.png (default runs/sweep/BOARD)")
     p.set_defaults(func=cmd_sweep)
