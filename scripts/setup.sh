@@ -22,6 +22,15 @@ if [ "$want" = "test" ]; then
       echo "setup: iverilog missing and not root: install it with your package manager (apt-get install iverilog)" >&2
     fi
   fi
+  # Fashion-MNIST (issue 14): the four IDX .gz files in /usr/share/datasets/fashion-mnist, from the distribution
+  if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+    if [ "$(id -u)" = 0 ]; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+        || echo "setup: could not install dataset-fashion-mnist; the Fashion-MNIST tests will be skipped" >&2
+    else
+      echo "setup: Fashion-MNIST missing and not root: apt-get install dataset-fashion-mnist (its tests are skipped)" >&2
+    fi
+  fi
   $PY -m pip install --quiet -e ".[test]"
 else
   $PY -m pip install --quiet -e ".[hw]"

@@ -46,7 +46,8 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
 
     p.add_argument("--dataset", default=default, metavar="D",
                    help=f"data set: {', '.join(NAMES)}" + (f" (default {default})" if default else " (default: the one the model was trained on)"))
-    p.add_argument("--data-path", metavar="PATH", help="folder of the local files for mnist-idx and cifar10")
+    p.add_argument("--data-path", metavar="PATH", help="folder of the local files for mnist-idx and cifar10 (required), "
+                   "fashion-mnist (default /usr/share/datasets/fashion-mnist)")
 
 
 def _add_schedule(p: argparse.ArgumentParser) -> None:

