@@ -2,6 +2,7 @@
 # Installs what qpsnn needs on a fresh Debian/Ubuntu machine with Python >= 3.10.
 #   bash scripts/setup.sh         the package (training, golden model, CLI)
 #   bash scripts/setup.sh test    plus the hardware and test tools (amaranth, cocotb, Verilator, Icarus, pytest)
+#                                 and the NIR peers (nir, snnTorch, Norse)
 # Idempotent: steps already done are skipped quickly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,13 @@ want=${1:-run}
 if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install --quiet "torch==2.13.0" || $PY -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
 fi
+
+# Every later install keeps that torch: norse (in the nir extra, part of test) needs torchvision, and the newest
+# torchvision pins a newer torch that pip would fetch as the multi-GB CUDA build. Pinned, pip picks the
+# torchvision release made for the installed torch (qpsnn never imports torchvision; norse.torch does not either).
+pin=$(mktemp)
+trap 'rm -f "$pin"' EXIT
+$PY -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$pin"
 
 if [ "$want" = "test" ]; then
   if ! command -v iverilog >/dev/null 2>&1; then
@@ -31,8 +39,8 @@ if [ "$want" = "test" ]; then
       echo "setup: Fashion-MNIST missing and not root: apt-get install dataset-fashion-mnist (its tests are skipped)" >&2
     fi
   fi
-  $PY -m pip install --quiet -e ".[test]"
+  $PY -m pip install --quiet -c "$pin" -e ".[test]"
 else
-  $PY -m pip install --quiet -e ".[hw]"
+  $PY -m pip install --quiet -c "$pin" -e ".[hw]"
 fi
 echo "setup: done ($want)" >&2
