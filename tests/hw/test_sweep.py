@@ -72,7 +72,8 @@ def test_synthesis_counts_cells_and_is_cached(small_model, tmp_path, monkeypatch
     cache = tmp_path / "cache.json"
     design = host_design(net, board, 1, 1)
     found = synth_resources(design, board, cache)
-    assert 500 < found["logic"] < board.logic and 0 < found["dsp"] <= board.dsp  # the encoder's product in a MAC16
+    # nextpnr's packed LCs: more than the design's LUTs alone (flip-flops and carries take LCs of their own)
+    assert 2000 < found["logic"] <= board.logic and 0 < found["dsp"] <= board.dsp  # the encoder's product: a MAC16
 
     def no_yosys(*args, **kwargs):
         raise AssertionError("yosys ran again for an unchanged design")
