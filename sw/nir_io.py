@@ -636,7 +636,7 @@ def import_nir(graph_path: str | Path, cfg, out: str | Path, dt: float | None = 
     (then the graph's metadata or 4). Everything that can be refused is refused before any training.
     """
     import hashlib
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from .datasets import load_dataset
     from .evaluate import evaluate
@@ -680,13 +680,16 @@ def import_nir(graph_path: str | Path, cfg, out: str | Path, dt: float | None = 
     reporter.log(f"the graph in qpsnn's float model: {acc_graph:.2f} %; quantized to {cfg.bits} bits "
                  f"({cfg.quant}) before fine-tuning: {acc_quantized:.2f} %")
 
+    # The fine-tune is the trainer's own run, resumed from a checkpoint at the start of QAT that holds the
+    # imported weights: its phases (QAT, pruning, fine-tune), checkpoints and --resume apply unchanged.
     trainer = Trainer(cfg, out, reporter, data)
-    state = TrainState(phase="qat", spec=imported.spec)
-    if cfg.epochs > 0:
-        opt, sched = _optimizer(model, cfg, cfg.epochs)
-        model = trainer._phase(model, opt, sched, state, gen, cfg.epochs, "fine-tune (QAT)")
-    if cfg.prune > 0:
-        model, state = trainer.prune_and_finetune(model, state)
+    opt, sched = _optimizer(model, cfg, cfg.epochs)
+    start = {"config": asdict(cfg), "state": asdict(TrainState(phase="qat", epoch=0, spec=imported.spec)),
+             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "rng": torch.Generator().manual_seed(cfg.seed).get_state(), "torch_rng": torch.get_rng_state()}
+    _atomic_write(trainer.ckpt, lambda tmp: torch.save(start, tmp))
+    reporter.log(f"fine-tuning the imported weights: a training run from the checkpoint {trainer.ckpt}")
+    model, state = trainer.run(resume=True)
     state.phase = "done"
     acc_float = float_accuracy(model, test_x, test_y)
     provenance = {"nir": {
