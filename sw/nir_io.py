@@ -183,7 +183,7 @@ def build_graph(stages: list[_Stage], in_shape: tuple, timesteps: int, source: s
 def export_nir(model_path: str | Path, out: str | Path, use_float: bool = False, portable: bool = False) -> dict:
     """Write MODEL's network as a NIR graph to OUT (atomically); return a summary."""
     from . import modelfile
-    from .train import load_float_checkpoint
+    from .train import fingerprint, load_float_checkpoint
 
     nir = _nir()
     model_path, out = Path(model_path), Path(out)
@@ -194,9 +194,10 @@ def export_nir(model_path: str | Path, out: str | Path, use_float: bool = False,
         raise QpsnnError(f"{out.parent} does not exist")
     if use_float:
         pt = model_path.with_suffix(".pt")
-        model = load_float_checkpoint(pt)
+        model = load_float_checkpoint(pt, fingerprint(model_path.read_bytes()))
         if model is None:
-            raise QpsnnError(f"--float needs the float checkpoint {pt} beside the model, and there is none")
+            raise QpsnnError(f"--float needs the float checkpoint saved with the model, {pt}; "
+                             f"{'it belongs to another model' if pt.exists() else 'there is none'}")
         stages, source = _float_stages(model), "float"
     else:
         stages, source = _integer_stages(net), "integer"

@@ -362,7 +362,16 @@ def test_export_refusals_and_no_half_written_file(digits_model, tmp_path, capsys
     lonely.write_bytes(path.read_bytes())
     assert main(["export-nir", str(lonely), str(tmp_path / "x.nir"), "--float"]) == 2
     err = capsys.readouterr().err
-    assert "float checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert "float checkpoint" in err and "there is none" in err and len(err.strip().splitlines()) == 1
+    # nor is the float checkpoint of another model beside it: this one differs in its provenance only
+    lonely.with_suffix(".pt").write_bytes(path.with_suffix(".pt").read_bytes())
+    other = modelfile.load(path)
+    other.provenance = {**other.provenance, "note": "another model"}
+    modelfile.save(other, lonely)
+    assert main(["export-nir", str(lonely), str(tmp_path / "x.nir"), "--float"]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to another model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.nir").exists()
     # a write that dies half-way leaves neither the file nor its temporary
     out = tmp_path / "x.nir"
 
