@@ -18,6 +18,7 @@ from .evaluate import weight_bytes
 from .fold import fold
 from .golden import run_golden
 from .progress import Reporter
+from .runtime import Runtime
 from .train import TrainConfig, Trainer, float_accuracy
 
 METHODS = [("float", "float", None), ("uniform+L1", "uniform", "l1"), ("+ReScaW", "rescaw", "l1"),
@@ -25,14 +26,14 @@ METHODS = [("float", "float", None), ("uniform+L1", "uniform", "l1"), ("+ReScaW"
 
 
 def _int_metrics(model, data, lanes: int) -> tuple[float, int, float]:
-    net = fold(model, lanes=lanes)
+    net = fold(model.cpu(), lanes=lanes)  # integer arithmetic on the CPU, wherever the model trained
     result = run_golden(net, torch.from_numpy(data.test.images))
     acc = 100.0 * float((result.classes == torch.from_numpy(data.test.labels)).float().mean())
     return acc, weight_bytes(net), float(result.sops.float().mean())
 
 
 def run_ablation(base: TrainConfig, bits: list[int], ratios: list[float], seeds: int, out: Path,
-                 reporter: Reporter | None = None) -> list[dict]:
+                 reporter: Reporter | None = None, runtime: Runtime | None = None) -> list[dict]:
     reporter = reporter or Reporter()
     data = load_dataset(base.dataset, base.data_path)
     rows: list[dict] = []
@@ -42,7 +43,7 @@ def run_ablation(base: TrainConfig, bits: list[int], ratios: list[float], seeds:
     with reporter.task("ablation", total) as advance:
         for seed in range(seeds):
             cfg = replace(base, seed=seed, quant="float", prune=0.0)
-            model, _ = Trainer(cfg, work / "float.qpsnn", quiet, data).run()
+            model, _ = Trainer(cfg, work / "float.qpsnn", quiet, data, runtime).run()
             acc = float_accuracy(model, data.test.images, data.test.labels)
             rows.append({"method": "float", "bits": 32, "prune": 0.0, "seed": seed, "accuracy": acc,
                          "weight_bytes": 4 * sum(l.weight.numel() for l in model.layers), "sops": None})
@@ -50,13 +51,13 @@ def run_ablation(base: TrainConfig, bits: list[int], ratios: list[float], seeds:
             for quant in ("uniform", "rescaw"):
                 for b in bits:
                     qcfg = replace(base, seed=seed, quant=quant, bits=b, prune=0.0)
-                    qat_model, state = Trainer(qcfg, work / "qat.qpsnn", quiet, data).run()
+                    qat_model, state = Trainer(qcfg, work / "qat.qpsnn", quiet, data, runtime).run()
                     advance(1, f"QAT {quant} {b}-bit seed {seed}")
                     for ratio in ratios:
                         for criterion in ("l1", "svs"):
                             method = next(m for m, q, c in METHODS if q == quant and c == criterion)
                             pcfg = replace(qcfg, prune=ratio, criterion=criterion)
-                            trainer = Trainer(pcfg, work / "ft.qpsnn", quiet, data)
+                            trainer = Trainer(pcfg, work / "ft.qpsnn", quiet, data, runtime)
                             pruned, _ = trainer.prune_and_finetune(copy.deepcopy(qat_model), copy.deepcopy(state))
                             acc, wbytes, sops = _int_metrics(pruned, data, base.lanes)
                             rows.append({"method": method, "bits": b, "prune": ratio, "seed": seed, "accuracy": acc,

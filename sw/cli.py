@@ -50,6 +50,14 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> Non
                    "fashion-mnist (default /usr/share/datasets/fashion-mnist)")
 
 
+def _add_device(p: argparse.ArgumentParser, bf16: bool = True) -> None:
+    p.add_argument("--device", type=opt.compute_device, default="auto",
+                   help="where the float model runs: auto (CUDA when present), cpu, cuda, cuda:N, mps (default auto); "
+                        "the fold, the export and the golden model are integer arithmetic on the CPU")
+    if bf16:
+        p.add_argument("--bf16", action="store_true", help="bfloat16 autocast while training (CUDA only)")
+
+
 def _add_schedule(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timesteps", type=opt.timesteps, default=4, help=f"1..{opt.MAX_TIMESTEPS} (default 4)")
     p.add_argument("--epochs", type=opt.epochs, default=40, help="QAT epochs before pruning (default 40)")
@@ -75,6 +83,7 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=opt.lanes, default=8,
                    help=f"P: weight codes per memory word in the file, a power of two up to {opt.MAX_LANES} (default 8)")
     p.add_argument("--augment", action="store_true", help="random +-2 pixel shifts while training")
+    _add_device(p)
 
 
 def _config(args):
@@ -86,23 +95,38 @@ def _config(args):
                        svs_samples=args.svs_samples, svs_eps=args.svs_eps, lanes=args.lanes, augment=args.augment)
 
 
-def _train_and_export(cfg, out: Path, resume: bool, quiet: bool = False) -> dict:
+def _train_and_export(cfg, out: Path, resume: bool, quiet: bool = False, device: str = "auto",
+                      bf16: bool = False) -> dict | None:
+    """Train, export and evaluate; under torchrun every rank trains and rank 0 alone exports (the others
+    return None)."""
+    from .runtime import Runtime
+
+    runtime = Runtime.start(device, bf16)  # a device that is not there is refused before anything loads
+    try:
+        return _train_on(runtime, cfg, out, resume, quiet)
+    finally:
+        runtime.stop()
+
+
+def _train_on(runtime, cfg, out: Path, resume: bool, quiet: bool) -> dict | None:
     from .evaluate import evaluate
     from .progress import Reporter
     from .train import Trainer, check_config, float_accuracy
 
-    reporter = Reporter(quiet=quiet)
-    trainer = Trainer(cfg, out, reporter)
+    trainer = Trainer(cfg, out, Reporter(quiet=quiet), runtime=runtime)
     payload = trainer.load_checkpoint() if resume else None  # a bad checkpoint fails before any work
-    check_config(trainer.cfg if payload is None else trainer.config_of(payload))  # spec, sizes, data set: before training
+    config = trainer.cfg if payload is None else trainer.config_of(payload)
+    check_config(config)  # spec, sizes, data set: before training
+    runtime.local_batch(config.batch_size)
     model, state = trainer.run(resume=resume, payload=payload)
+    if not runtime.is_main:
+        return None
+    acc = float_accuracy(model, trainer.data.test.images, trainer.data.test.labels)
     if trainer.cfg.quant == "float":
-        acc = float_accuracy(model, trainer.data.test.images, trainer.data.test.labels)
         raise QpsnnError(f"float model trained (test accuracy {acc:.2f} %); a float model has no integer export")
-    acc_float = float_accuracy(model, trainer.data.test.images, trainer.data.test.labels)
-    trainer.export(model, state, acc_float)
+    trainer.export(model, state, acc)
     trainer.cleanup()
-    return evaluate(out, trainer.cfg.dataset, trainer.cfg.data_path)
+    return {**evaluate(out, trainer.cfg.dataset, trainer.cfg.data_path, device=runtime.device), **trainer.describe()}
 
 
 def _print_summary(metrics: dict, title: str) -> None:
@@ -113,8 +137,9 @@ def _print_summary(metrics: dict, title: str) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("dataset", "samples", "accuracy_int", "accuracy_float", "weight_bytes", "file_bytes",
-                "spikes_per_sample", "sops_per_sample"):
-        table.add_row(key, str(metrics.get(key)))
+                "spikes_per_sample", "sops_per_sample", "device", "world_size", "global_batch", "images_per_second"):
+        if key in metrics:
+            table.add_row(key, str(metrics.get(key)))
     Console().print(table)
 
 
@@ -129,7 +154,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    metrics = _train_and_export(_config(args), Path(args.out), args.resume)
+    metrics = _train_and_export(_config(args), Path(args.out), args.resume, device=args.device, bf16=args.bf16)
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -139,8 +166,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
+    from .runtime import resolve_device
 
-    metrics = evaluate(args.file, args.dataset, args.data_path, args.samples)
+    metrics = evaluate(args.file, args.dataset, args.data_path, args.samples, device=resolve_device(args.device))
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -191,13 +219,18 @@ def cmd_inspect(args) -> int:
 
 def cmd_ablate(args) -> int:
     from .ablate import run_ablation
+    from .runtime import Runtime
     from .train import TrainConfig, check_config
 
     base = TrainConfig(dataset=args.dataset, data_path=args.data_path, epochs=args.epochs,
                        finetune_epochs=args.finetune_epochs, timesteps=args.timesteps)
     check_config(base)
+    runtime = Runtime.start(args.device, args.bf16)
+    if runtime.distributed:
+        runtime.stop()
+        raise QpsnnError("ablate runs in one process (start it without torchrun; --device cuda uses a GPU)")
     out = Path(args.out)
-    run_ablation(base, args.bits, args.prune, args.seeds, out)
+    run_ablation(base, args.bits, args.prune, args.seeds, out, runtime=runtime)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_weight_kb.png'}")
     return 0
@@ -239,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     _add_data(p, default=None)
     p.add_argument("--samples", type=opt.samples, help="only the first N test images")
+    _add_device(p, bf16=False)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -255,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=opt.seeds, default=3)
     _add_schedule(p)
     p.add_argument("--out", type=opt.output_dir, default="runs/ablate")
+    _add_device(p)
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("infer", help="load a model into a device (board or serve-sim) and classify test images")

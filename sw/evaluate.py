@@ -29,7 +29,9 @@ def dataset_for(net: IntNet, name: str | None, path: str | None) -> Dataset:
 
 
 def evaluate(path: str | Path, dataset: str | None = None, data_path: str | None = None,
-             samples: int | None = None, batch: int = 500) -> dict:
+             samples: int | None = None, batch: int = 500, device: torch.device | str = "cpu") -> dict:
+    """Integer accuracy from the golden model (CPU, integer arithmetic); the float model's, when its checkpoint
+    is beside the file, on ``device``."""
     path = Path(path)
     net = modelfile.load(path)
     data = dataset_for(net, dataset, data_path)
@@ -48,7 +50,7 @@ def evaluate(path: str | Path, dataset: str | None = None, data_path: str | None
         "dataset": data.name,
         "samples": len(images),
         "accuracy_int": round(100.0 * correct / n, 4),
-        "accuracy_float": _float_accuracy(path, images, labels),
+        "accuracy_float": _float_accuracy(path, images, labels, device),
         "weight_bytes": weight_bytes(net),
         "file_bytes": path.stat().st_size,
         "spikes_per_sample": round(spikes / n, 3),
@@ -56,7 +58,7 @@ def evaluate(path: str | Path, dataset: str | None = None, data_path: str | None
     }
 
 
-def _float_accuracy(path: Path, images, labels) -> float | None:
+def _float_accuracy(path: Path, images, labels, device: torch.device | str = "cpu") -> float | None:
     """The accuracy of the float model in ``path``'s ``.pt`` when that checkpoint was saved with this very file
     (its fingerprint matches); None otherwise. Training is imported only then."""
     pt = path.with_suffix(".pt")
@@ -65,4 +67,4 @@ def _float_accuracy(path: Path, images, labels) -> float | None:
     from .train import fingerprint, float_accuracy, load_float_checkpoint
 
     float_model = load_float_checkpoint(pt, fingerprint(path.read_bytes()))
-    return None if float_model is None else round(float_accuracy(float_model, images, labels), 4)
+    return None if float_model is None else round(float_accuracy(float_model.to(device), images, labels), 4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .packing import MAX_LANES
 
 MAX_TIMESTEPS = 1024  # what a .qpsnn file may hold (`modelfile`)
 MAX_SEED = 2 ** 32 - 1  # numpy's and torch's generators both take it
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")  # --device of train, eval, ablate
 SERIAL_SCHEMES = ("socket", "loop", "rfc2217", "spy", "hwgrep", "alt", "cp2110")
 
 
@@ -91,6 +93,14 @@ baud = integer(300, 12_000_000)
 clock_mhz = real(1.0, 400.0, what="MHz")
 timeout = real(0.0, 3600.0, lo_open=True, what="seconds")
 retries = integer(0, 100)
+
+
+def compute_device(text: str) -> str:
+    """Where the float model runs: auto, cpu, cuda, cuda:N or mps (whether it is there is checked by
+    `qpsnn.sw.runtime.resolve_device`, which needs torch)."""
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise _bad(f"{text!r} is not a device: auto, cpu, cuda, cuda:N or mps")
+    return text
 
 
 def output_file(text: str) -> str:

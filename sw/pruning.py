@@ -16,27 +16,41 @@ from .spec import LayerSpec, NetSpec
 CRITERIA = ("svs", "l1")
 
 
-def svs_scores_from_maps(spike_maps: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
-    """Scores [C] from spike maps [T, N, C, H, W]: mean over N of the count of singular values > eps * sigma_max."""
+def svs_counts_from_maps(spike_maps: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """Counts [C] from spike maps [T, N, C, H, W]: the sum over the N images of the number of singular values
+    > eps * sigma_max (what data-parallel ranks add up; `svs_scores_from_maps` divides by N)."""
     avg = spike_maps.float().mean(0)  # [N, C, H, W]
+    if avg.device.type == "mps":  # no SVD kernel there
+        avg = avg.cpu()
     sv = torch.linalg.svdvals(avg)  # [N, C, min(H, W)]
     top = sv[..., :1]
-    counts = ((sv > eps * top) & (top > 0)).sum(-1).float()
-    return counts.mean(0)
+    return ((sv > eps * top) & (top > 0)).sum(-1).sum(0).double().cpu()
+
+
+def svs_scores_from_maps(spike_maps: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """Scores [C] from spike maps [T, N, C, H, W]: mean over N of the count of singular values > eps * sigma_max."""
+    return (svs_counts_from_maps(spike_maps, eps) / spike_maps.shape[1]).float()
+
+
+@torch.no_grad()
+def svs_counts(model: QPSNN, images: torch.Tensor, eps: float = 0.1) -> dict[int, torch.Tensor]:
+    """Summed SVS counts (float64 on the CPU) of every conv channel over ``images`` (float, [N, C, H, W], on the
+    model's device); zeros for no images."""
+    if not len(images):
+        return {i: torch.zeros(spec.out_channels, dtype=torch.float64)
+                for i, spec in enumerate(model.spec.layers) if spec.kind == "conv"}
+    was_training = model.training
+    model.eval()
+    _, spikes = model(images, record=True)
+    model.train(was_training)
+    return {i: svs_counts_from_maps(s, eps) for i, (spec, s) in enumerate(zip(model.spec.layers, spikes))
+            if spec.kind == "conv"}
 
 
 @torch.no_grad()
 def svs_scores(model: QPSNN, images: torch.Tensor, eps: float = 0.1) -> dict[int, torch.Tensor]:
     """SVS score of every conv channel, from the model's spikes on ``images`` (float, [N, C, H, W])."""
-    was_training = model.training
-    model.eval()
-    _, spikes = model(images, record=True)
-    model.train(was_training)
-    scores = {}
-    for i, (spec, s) in enumerate(zip(model.spec.layers, spikes)):
-        if spec.kind == "conv":
-            scores[i] = svs_scores_from_maps(s, eps)
-    return scores
+    return {i: (c / len(images)).float() for i, c in svs_counts(model, images, eps).items()}
 
 
 @torch.no_grad()

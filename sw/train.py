@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from .fold import fold
 from .intnet import IntNet
 from .model import QPSNN, QuantConfig
 from .progress import Reporter
-from .pruning import l1_scores, prune, select_channels, svs_scores
+from .pruning import l1_scores, prune, select_channels, svs_counts
+from .runtime import Runtime
 from .spec import DEFAULT_SPECS, check_size, parse_spec
 
 
@@ -83,11 +85,13 @@ def build_model(cfg: TrainConfig, spec: str, in_shape) -> QPSNN:
 
 @torch.no_grad()
 def float_accuracy(model: QPSNN, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
+    """Test accuracy of the float model, on the device its parameters are on."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(images), batch):
-        logits = model(to_float(images[i:i + batch]))
-        correct += int((logits.argmax(1) == torch.as_tensor(labels[i:i + batch])).sum())
+        logits = model(to_float(images[i:i + batch]).to(device))
+        correct += int((logits.argmax(1).cpu() == torch.as_tensor(labels[i:i + batch])).sum())
     return 100.0 * correct / max(1, len(images))
 
 
@@ -102,38 +106,70 @@ def _optimizer(model: QPSNN, cfg: TrainConfig, epochs: int):
     return opt, sched
 
 
-def _epoch(model, opt, data: Dataset, cfg: TrainConfig, gen: torch.Generator) -> float:
+def _loader(data: Dataset, cfg: TrainConfig, rt: Runtime) -> torch.utils.data.DataLoader:
+    """This rank's share of every global batch: a `DistributedSampler` (one replica in one process) shuffles
+    with the run's seed and the epoch, so N ranks together see the batches one process would. Workers and
+    pinned memory on CUDA only (the images are in memory already; on the CPU workers only cost)."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    dataset = TensorDataset(torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels))
+    sampler = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=cfg.seed)
+    return DataLoader(dataset, batch_size=rt.local_batch(cfg.batch_size), sampler=sampler,
+                      num_workers=2 if rt.cuda else 0, pin_memory=rt.cuda, persistent_workers=rt.cuda)
+
+
+def _epoch(model, opt, loader, cfg: TrainConfig, gen: torch.Generator, rt: Runtime) -> tuple[float, int]:
+    """One epoch; the mean loss and the number of images, over all ranks."""
     model.train()
-    n = len(data.train.labels)
-    order = torch.randperm(n, generator=gen)
-    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
-    total = 0.0
-    for i in range(0, n, cfg.batch_size):
-        idx = order[i:i + cfg.batch_size]
-        if len(idx) < 2:
+    total, seen = torch.zeros(2, dtype=torch.float64), 0
+    for x, y in loader:
+        if len(y) < 2:  # the same on every rank: each holds the same number of samples
             continue
-        x = to_float(images[idx])
-        if cfg.augment:
+        x = to_float(x.to(rt.device, non_blocking=True))
+        y = y.to(rt.device, non_blocking=True)
+        if cfg.augment:  # the generator stays on the CPU (it is in the checkpoint); the shift is the same on every rank
             x = _shift_batch(x, gen)
-        loss = F.cross_entropy(model(x), labels[idx])
+        with rt.autocast():
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += float(loss.detach()) * len(idx)
-    return total / n
+        total[0] += float(loss.detach()) * len(y)
+        total[1] += len(y)
+    total = rt.all_sum(total)
+    return float(total[0] / max(1.0, float(total[1]))), int(total[1])
 
 
 class Trainer:
     """Runs the phases and owns the checkpoint at ``<out>.ckpt``."""
 
-    def __init__(self, cfg: TrainConfig, out: str | Path, reporter: Reporter | None = None, data: Dataset | None = None):
+    def __init__(self, cfg: TrainConfig, out: str | Path, reporter: Reporter | None = None, data: Dataset | None = None,
+                 runtime: Runtime | None = None):
         self.cfg, self.out = cfg, Path(out)
         self.ckpt = self.out.with_name(self.out.name + ".ckpt")
+        self.rt = runtime or Runtime()
         self.reporter = reporter or Reporter()
+        if not self.rt.is_main:
+            self.reporter = Reporter(quiet=True)
         self.data = data
+        self.seconds, self.images = 0.0, 0  # time in training epochs and the images they took, this process
+
+    @property
+    def images_per_second(self) -> float | None:
+        return round(self.images / self.seconds, 1) if self.seconds > 0 else None
+
+    def describe(self) -> dict:
+        """How the model was trained: device, processes, global batch and throughput (JSON and provenance)."""
+        return {**self.rt.describe(), "global_batch": self.cfg.batch_size, "images_per_second": self.images_per_second}
 
     # ------------------------------------------------------------------ checkpoint
     def _save_ckpt(self, model, opt, sched, state: TrainState, gen: torch.Generator) -> None:
+        """Rank 0 writes; the others wait for it, so a resume after a kill finds what every rank had done."""
+        if self.rt.is_main:
+            self._write_ckpt(model, opt, sched, state, gen)
+        self.rt.barrier()
+
+    def _write_ckpt(self, model, opt, sched, state: TrainState, gen: torch.Generator) -> None:
         payload = {"config": asdict(self.cfg), "state": asdict(state), "model": model.state_dict(),
                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                    "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
@@ -148,7 +184,7 @@ class Trainer:
 
         regular_file(self.ckpt, "checkpoint to resume (nothing to resume)")
         try:
-            payload = torch.load(self.ckpt, weights_only=True)
+            payload = torch.load(self.ckpt, weights_only=True, map_location="cpu")
         except Exception as exc:
             raise QpsnnError(f"checkpoint {self.ckpt} cannot be read: {' '.join(str(exc).split())[:200]}") from None
         problem = None if isinstance(payload, dict) else "not a dict"
@@ -183,16 +219,17 @@ class Trainer:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         data = self.data or load_dataset(cfg.dataset, cfg.data_path)
         self.data = data
+        self.loader = _loader(data, cfg, self.rt)
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         state = TrainState(spec=cfg.resolved_spec())
-        model = build_model(cfg, state.spec, data.in_shape)
+        model = build_model(cfg, state.spec, data.in_shape).to(self.rt.device)
         opt, sched = _optimizer(model, cfg, cfg.epochs)
         if payload is not None:
             try:
                 state = TrainState(**payload["state"])
                 state.kept = {int(k): v for k, v in state.kept.items()}
-                model = build_model(cfg, state.spec, data.in_shape)
+                model = build_model(cfg, state.spec, data.in_shape).to(self.rt.device)
                 model.load_state_dict(payload["model"])
                 opt, sched = _optimizer(model, cfg, cfg.epochs if state.phase == "qat" else cfg.finetune_epochs)
                 opt.load_state_dict(payload["optimizer"])
@@ -221,22 +258,32 @@ class Trainer:
         """Prune a trained model and fine-tune it (no resume point): used by the ablation's shared QAT runs."""
         model, state = self._prune(model, state)
         state.phase, state.epoch = "finetune", 0
+        self.loader = getattr(self, "loader", None) or _loader(self.data, self.cfg, self.rt)
         gen = torch.Generator().manual_seed(self.cfg.seed + 7)
         opt, sched = _optimizer(model, self.cfg, self.cfg.finetune_epochs)
         return self._phase(model, opt, sched, state, gen, self.cfg.finetune_epochs, "fine-tune"), state
 
     def _phase(self, model, opt, sched, state: TrainState, gen, epochs: int, title: str) -> QPSNN:
-        data = self.data
+        trained = model
+        if self.rt.distributed:  # gradients averaged over the ranks; buffers (BN statistics) follow rank 0
+            from torch.nn.parallel import DistributedDataParallel
+
+            trained = DistributedDataParallel(model, device_ids=[self.rt.device.index] if self.rt.cuda else None)
         with self.reporter.task(title, epochs) as advance:
             if state.epoch:
                 advance(state.epoch, "resumed")
             while state.epoch < epochs:
-                loss = _epoch(model, opt, data, self.cfg, gen)
+                # distinct per phase and epoch, the same on every rank and after a resume
+                self.loader.sampler.set_epoch(state.epoch + (0 if state.phase == "qat" else 100_003))
+                start = time.perf_counter()
+                loss, images = _epoch(trained, opt, self.loader, self.cfg, gen, self.rt)
+                seconds = time.perf_counter() - start
+                self.seconds, self.images = self.seconds + seconds, self.images + images
                 sched.step()
                 state.epoch += 1
                 state.history.append({"phase": state.phase, "epoch": state.epoch, "loss": round(loss, 5)})
                 self._save_ckpt(model, opt, sched, state, gen)
-                advance(1, f"loss {loss:.4f}")
+                advance(1, f"loss {loss:.4f}, {images / max(seconds, 1e-9):,.0f} img/s")
         return model
 
     def _prune(self, model: QPSNN, state: TrainState) -> tuple[QPSNN, TrainState]:
@@ -246,11 +293,13 @@ class Trainer:
         if cfg.criterion == "svs":
             gen = torch.Generator().manual_seed(cfg.seed + 1)
             idx = torch.randperm(len(self.data.train.labels), generator=gen)[:cfg.svs_samples]
-            scores = svs_scores(model, to_float(self.data.train.images[idx.numpy()]), cfg.svs_eps)
+            mine = idx[self.rt.rank::self.rt.world_size]  # each rank scores its share of the same images
+            counts = svs_counts(model, to_float(self.data.train.images[mine.numpy()]).to(self.rt.device), cfg.svs_eps)
+            scores = {i: self.rt.all_sum(c) / len(idx) for i, c in counts.items()}  # summed counts / all images
         else:
             scores = l1_scores(model)
         keep = select_channels(scores, cfg.prune)
-        pruned = prune(model, keep)
+        pruned = prune(model, keep).to(self.rt.device)
         state.kept = {i: [int(c) for c in k] for i, k in keep.items()}
         state.spec = str(pruned.spec)
         self.reporter.log(f"pruned ({cfg.criterion}, {cfg.prune:.0%}): {model.spec} -> {pruned.spec}")
@@ -262,9 +311,10 @@ class Trainer:
         from . import modelfile
 
         cfg = self.cfg
+        model = model.cpu()  # the fold is integer arithmetic on the CPU, wherever the model trained
         prov = {"qpsnn": _version(), "torch": torch.__version__, "config": asdict(cfg), "spec": state.spec,
                 "original_spec": cfg.resolved_spec(), "history": state.history[-3:],
-                "accuracy_float": accuracy_float, **(extra_provenance or {})}
+                "accuracy_float": accuracy_float, "training": self.describe(), **(extra_provenance or {})}
         net = fold(model, lanes=cfg.lanes, kept_channels=state.kept, provenance=prov)
         remove_leftovers(self.out)  # of an export killed before: nothing but the new files stays
         data = modelfile.to_bytes(net)

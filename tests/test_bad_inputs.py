@@ -110,6 +110,12 @@ CASES = [
     (["train", "--dataset", "mnist-idx", "--data-path", "IDXLABELS"], "labels 0-9"),
     (["train", "--dataset", "fashion-mnist", "--data-path", "missing"], "apt-get install -y dataset-fashion-mnist"),
     (["train", "--dataset", "fashion-mnist", "--data-path", "DIR"], "Debian package dataset-fashion-mnist"),
+    (["train", "--device", "tpu"], "'tpu' is not a device"),
+    (["train", "--device", "cuda:999"], "--device cuda:999"),  # no CUDA here, or not that many GPUs
+    (["train", "--device", "cpu", "--bf16"], "--bf16 needs a CUDA device"),
+    (["eval", "MODEL", "--device", "gpu"], "'gpu' is not a device"),
+    (["eval", "MODEL", "--device", "cuda:999"], "--device cuda:999"),
+    (["ablate", "--device", "cuda:999", "--seeds", "1"], "--device cuda:999"),
     # eval
     (["eval", "FIFO"], "not a regular file"),
     (["eval", "/dev/zero"], "not a regular file"),
