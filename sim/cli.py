@@ -14,7 +14,7 @@ def cmd_sim(args) -> int:
 
     try:
         report = simulate(args.file, args.simulator, args.samples, args.lanes, args.waves, args.dataset, args.data_path,
-                          offsets=args.offsets)
+                          offsets=args.offsets, jobs=args.jobs)
     except CapacityError as exc:
         raise QpsnnError(str(exc)) from None
     if args.json:
@@ -23,7 +23,8 @@ def cmd_sim(args) -> int:
         print(f"{report['samples']} samples on {report['simulator']} (P={report['lanes']}, offsets={report['offsets']}): "
               f"{'bit-exact' if report['bit_exact'] else str(report['mismatches']) + ' MISMATCHES'}; "
               f"{report['cycles_total']} cycles, bound {report['bound_cycles_total']} "
-              f"(x{report['cycles_over_bound']}), {report['events_total']} events, {report['sim_seconds']} s simulated")
+              f"(x{report['cycles_over_bound']}), {report['events_total']} events, {report['sim_seconds']} s simulated"
+              f"{' in ' + str(report['jobs']) + ' jobs' if report['jobs'] > 1 else ''}")
         for mm in report["first_mismatches"]:
             print(f"  mismatch: {mm}")
         if report["first_mismatches"] and report["waves"]:
@@ -113,6 +114,8 @@ def register(sub) -> None:
     _lanes(p)
     _offsets(p)
     p.add_argument("--waves", action="store_true", help="keep a waveform file of the run")
+    p.add_argument("--jobs", type=opt.jobs, default=1,
+                   help="simulator processes at once, each on its share of the images (default 1); one build")
     p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
     p.add_argument("--data-path")
     p.add_argument("--json", action="store_true")

@@ -65,6 +65,14 @@ def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator
     """The accelerator bench on ``images``; ``source`` replaces the generated Verilog (a synthesized netlist)."""
     source = source if source is not None else generate_verilog(net, lanes, forwarding, offsets, fault)
     runner, build = build_design(source, TOP, simulator, waves, work, extra_sources)
+    return run_built(runner, build, model_path, images, lanes, offsets, waves, max_mismatches)
+
+
+def run_built(runner, build: Path, model_path: str | Path, images: np.ndarray, lanes: int, offsets: int,
+              waves: bool = False, max_mismatches: int = 20, test_dir: Path | None = None) -> BenchResult:
+    """The bench on ``images`` in a design `build_design` built. ``test_dir`` (default: the build folder) is where
+    the simulator runs and logs: give each of several concurrent runs its own, with its own ``runner``."""
+    test_dir = Path(test_dir or build)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
         job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "offsets": offsets,
@@ -74,13 +82,13 @@ def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator
         try:
             runner.test(hdl_toplevel=TOP, test_module="qpsnn.sim.bench_accelerator", build_dir=build, waves=waves,
                         extra_env={"QPSNN_BENCH_JOB": str(Path(tmp) / "job.json"), "COCOTB_LOG_LEVEL": "WARNING"},
-                        test_dir=build, log_file=build / "test.log")
+                        test_dir=test_dir, log_file=test_dir / "test.log")
         except SystemExit:
             pass  # the bench failed its assertion; its report is in out.json
         out_file = Path(tmp) / "out.json"
         if not out_file.exists():
-            raise QpsnnError(f"the {simulator} bench ended without results (see {build / 'test.log'})")
+            raise QpsnnError(f"the {runner.__class__.__name__} bench ended without results (see {test_dir / 'test.log'})")
         out = json.loads(out_file.read_text())
-    wave_files = sorted(str(p) for p in build.glob("*.fst")) + sorted(str(p) for p in build.glob("*.vcd"))
+    wave_files = sorted(str(p) for p in test_dir.glob("*.fst")) + sorted(str(p) for p in test_dir.glob("*.vcd"))
     return BenchResult(out["results"], out["mismatches"], out["mismatch_count"], out["sim_seconds"],
                        wave_files[0] if wave_files else None, str(build))
