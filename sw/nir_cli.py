@@ -2,39 +2,9 @@
 so the rest of the command line works without the ``nir`` extra)."""
 from __future__ import annotations
 
-import argparse
 import json
-import math
 
-
-def _number(ok, meaning: str):
-    """An argparse type: a float for which ``ok(value)`` holds, else an error that says ``meaning``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"{text} is {meaning}")
-        return value
-    return parse
-
-
-def _integer(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text} must be at least {low}")
-        return value
-    return parse
-
-
-_seconds = _number(lambda v: v > 0, "not a positive number of seconds")
-_fraction = _number(lambda v: 0 <= v < 1, "outside [0, 1): it is the fraction of channels removed")
-_rate = _number(lambda v: 0 < v < 1, "not a learning rate in (0, 1)")
+from . import options as opt
 
 
 def cmd_export_nir(args) -> int:
@@ -75,12 +45,11 @@ def cmd_import_nir(args) -> int:
 
 
 def register(sub) -> None:
-    from .datasets import NAMES
+    from .cli import _add_data
 
-    count, positive = _integer(0), _integer(1)
     p = sub.add_parser("export-nir", help="write a model as a NIR graph (integer values, or --float)")
     p.add_argument("file", help="the .qpsnn model")
-    p.add_argument("out", help="the NIR file to write (HDF5)")
+    p.add_argument("out", type=opt.output_file, help="the NIR file to write (HDF5)")
     p.add_argument("--float", action="store_true", help="the float checkpoint beside the model (MODEL.pt) instead")
     p.add_argument("--portable", action="store_true",
                    help="only nodes snnTorch 1.0 and Norse 1.1 import: OR-pooling's Threshold as a LIF with tau = dt, "
@@ -90,21 +59,23 @@ def register(sub) -> None:
 
     p = sub.add_parser("import-nir", help="a NIR graph (snnTorch, Norse, Sinabs...) -> QAT fine-tune -> .qpsnn")
     p.add_argument("graph", help="the NIR file to read")
-    p.add_argument("--dataset", default="digits", metavar="D", help=f"data set: {', '.join(NAMES)} (default digits)")
-    p.add_argument("--data-path", metavar="PATH", help="folder of the local files for mnist-idx and cifar10")
+    _add_data(p)
     p.add_argument("--bits", type=int, default=4, choices=(2, 4, 8), help="hidden-layer weight bits (default 4)")
-    p.add_argument("--prune", type=_fraction, default=0.0, help="fraction of conv channels removed (default 0)")
+    p.add_argument("--prune", type=opt.fraction, default=0.0, help="fraction of conv channels removed (default 0)")
     p.add_argument("--quant", choices=("rescaw", "uniform"), default="rescaw")
     p.add_argument("--criterion", choices=("svs", "l1"), default="svs")
-    p.add_argument("--timesteps", type=positive, help="T (default: the graph's metadata, else 4)")
-    p.add_argument("--dt", type=_seconds, help="seconds per timestep the graph's time constants assume "
-                   "(default: the graph's metadata, else 1e-4, snnTorch's)")
-    p.add_argument("--epochs", type=count, default=10, help="QAT fine-tune epochs before pruning (default 10)")
-    p.add_argument("--finetune-epochs", type=count, default=10, help="fine-tune epochs after pruning (default 10)")
-    p.add_argument("--batch-size", type=positive, default=64)
-    p.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate, cosine schedule (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lanes", type=positive, default=8, help="P: weight codes per memory word in the file (default 8)")
-    p.add_argument("--out", default="model.qpsnn", help="model file to write (default model.qpsnn)")
+    p.add_argument("--timesteps", type=opt.timesteps, help="T (default: the graph's metadata, else 4)")
+    p.add_argument("--dt", type=opt.real(0.0, 1.0, lo_open=True, what="seconds"),
+                   help="seconds per timestep the graph's time constants assume "
+                        "(default: the graph's metadata, else 1e-4, snnTorch's)")
+    p.add_argument("--epochs", type=opt.finetune_epochs, default=10,
+                   help="QAT fine-tune epochs before pruning (default 10)")
+    p.add_argument("--finetune-epochs", type=opt.finetune_epochs, default=10,
+                   help="fine-tune epochs after pruning (default 10)")
+    p.add_argument("--batch-size", type=opt.batch_size, default=64)
+    p.add_argument("--lr", type=opt.learning_rate, default=1e-3, help="Adam learning rate, cosine schedule (default 1e-3)")
+    p.add_argument("--seed", type=opt.seed, default=0)
+    p.add_argument("--lanes", type=opt.lanes, default=8, help="P: weight codes per memory word in the file (default 8)")
+    p.add_argument("--out", type=opt.output_file, default="model.qpsnn", help="model file to write (default model.qpsnn)")
     p.add_argument("--json", action="store_true", help="print the evaluation as JSON only")
     p.set_defaults(func=cmd_import_nir)

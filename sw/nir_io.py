@@ -242,10 +242,11 @@ class ImportedGraph:
 
 
 def read_graph(path: str | Path):
+    from .options import regular_file
+
     nir = _nir()
     path = Path(path)
-    if not path.is_file():
-        raise QpsnnError(f"{path}: no such NIR file" if not path.exists() else f"{path}: not a file")
+    regular_file(path, "NIR file")
     try:
         return nir.read(path, type_check=False)
     except Exception as exc:  # h5py, KeyError, ValueError, AssertionError: a malformed or truncated file
@@ -644,7 +645,7 @@ def import_nir(graph_path: str | Path, cfg, out: str | Path, dt: float | None = 
     from .model import QPSNN, QuantConfig
     from .progress import Reporter
     from .spec import parse_spec
-    from .train import Trainer, TrainState, _optimizer, float_accuracy, to_float
+    from .train import Trainer, TrainState, _optimizer, check_config, float_accuracy, to_float
 
     reporter = reporter or Reporter()
     graph_path, out = Path(graph_path), Path(out)
@@ -662,7 +663,7 @@ def import_nir(graph_path: str | Path, cfg, out: str | Path, dt: float | None = 
     data = load_dataset(cfg.dataset, cfg.data_path)
     imported = parse_graph(graph, tuple(data.in_shape), dt)
     cfg = replace(cfg, spec=imported.spec, timesteps=timesteps)
-    parse_spec(imported.spec)
+    check_config(cfg)  # what `qpsnn train` refuses before training: data source, size, lanes, timesteps
     out.parent.mkdir(parents=True, exist_ok=True)
     for note in imported.notes:
         reporter.log(f"note: {note}")

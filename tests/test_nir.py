@@ -356,8 +356,9 @@ def test_export_refusals_and_no_half_written_file(digits_model, tmp_path, capsys
     _, _, path = digits_model
     assert main(["export-nir", str(tmp_path / "missing.qpsnn"), str(tmp_path / "x.nir")]) == 2
     assert "no such model file" in capsys.readouterr().err
-    assert main(["export-nir", str(path), str(tmp_path)]) == 2
-    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused by the option's type, before any work
+        main(["export-nir", str(path), str(tmp_path)])
+    assert exc.value.code == 2 and "is a directory" in capsys.readouterr().err
     lonely = tmp_path / "lonely.qpsnn"
     lonely.write_bytes(path.read_bytes())
     assert main(["export-nir", str(lonely), str(tmp_path / "x.nir"), "--float"]) == 2
