@@ -69,9 +69,11 @@ def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator
 
 
 def run_built(runner, build: Path, model_path: str | Path, images: np.ndarray, lanes: int, offsets: int,
-              waves: bool = False, max_mismatches: int = 20, test_dir: Path | None = None) -> BenchResult:
+              waves: bool = False, max_mismatches: int = 20, test_dir: Path | None = None,
+              threads: int | None = None) -> BenchResult:
     """The bench on ``images`` in a design `build_design` built. ``test_dir`` (default: the build folder) is where
-    the simulator runs and logs: give each of several concurrent runs its own, with its own ``runner``."""
+    the simulator runs and logs: give each of several concurrent runs its own, with its own ``runner``, and
+    ``threads`` (the bench's golden model is torch, whose default threads would oversubscribe the cores)."""
     test_dir = Path(test_dir or build)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
@@ -81,7 +83,8 @@ def run_built(runner, build: Path, model_path: str | Path, images: np.ndarray, l
         (Path(tmp) / "job.json").write_text(json.dumps(job))
         try:
             runner.test(hdl_toplevel=TOP, test_module="qpsnn.sim.bench_accelerator", build_dir=build, waves=waves,
-                        extra_env={"QPSNN_BENCH_JOB": str(Path(tmp) / "job.json"), "COCOTB_LOG_LEVEL": "WARNING"},
+                        extra_env={"QPSNN_BENCH_JOB": str(Path(tmp) / "job.json"), "COCOTB_LOG_LEVEL": "WARNING",
+                                   **({"OMP_NUM_THREADS": str(threads)} if threads else {})},
                         test_dir=test_dir, log_file=test_dir / "test.log")
         except SystemExit:
             pass  # the bench failed its assertion; its report is in out.json

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
     images = dataset_for(net, dataset, data_path).test.images
     if samples is not None:
         images = images[:samples]
-    chunk = max(1, min(chunk, -(-len(images) // jobs)))  # every job gets work
+    chunks = jobs * -(-len(images) // (jobs * chunk))  # a multiple of the jobs, so that they finish together
+    chunk = max(1, -(-len(images) // chunks))
     starts = list(range(0, len(images), chunk))
     runner, build = build_design(generate_verilog(net, lanes, forwarding, offsets), TOP, simulator, waves)
 
@@ -42,7 +44,8 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
         if jobs == 1:
             return run_built(runner, build, path, part, lanes, offsets, waves)
         # a runner object per run (a runner keeps its run's settings), copied from the one that built the design
-        return run_built(copy.deepcopy(runner), build, path, part, lanes, offsets, test_dir=build / f"job-{start}")
+        return run_built(copy.deepcopy(runner), build, path, part, lanes, offsets, test_dir=build / f"job-{start}",
+                         threads=max(1, (os.cpu_count() or 1) // jobs))
 
     done: dict[int, BenchResult] = {}
     count = 0
