@@ -22,6 +22,15 @@ eval file=model:
 bench-mnist5k:
     qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --out runs/mnist5k/model.qpsnn
 
+# Fashion-MNIST 4-bit 50 % pruned, then 20 images on the RTL (issue 14; NOT yet run: hours on 2 cores; README)
+bench-fashion device="auto":
+    qpsnn train --dataset fashion-mnist --bits 4 --prune 0.5 --augment --epochs 40 --finetune-epochs 20 --device {{device}} --out runs/fashion/model.qpsnn --json
+    qpsnn sim runs/fashion/model.qpsnn --samples 20 --jobs 2
+
+# the Fashion-MNIST ablation (2/4 bit, prune 0.5/0.75, 5 methods, 2 seeds; NOT run here: a GPU's job)
+ablate-fashion device="auto":
+    qpsnn ablate --dataset fashion-mnist --bits 2,4 --prune 0.5,0.75 --seeds 2 --epochs 15 --finetune-epochs 5 --device {{device}} --out runs/ablate-fashion
+
 # the digits ablation of the README (2/4 bit, prune 0.5/0.75, 3 seeds)
 ablate:
     qpsnn ablate --dataset digits --bits 2,4 --prune 0.5,0.75 --seeds 3 --out runs/ablate
@@ -49,6 +58,7 @@ bench-link file=model:
 # the kept bitstreams, rebuilt from the models kept beside them (v2: see the README's throughput table), then the manifest
 bitstreams:
     qpsnn build bitstreams/icebreaker/digits/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits
+    qpsnn build bitstreams/icebreaker/digits-c8/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits-c8
     qpsnn build bitstreams/ulx3s-85f/digits/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 35 --out bitstreams/ulx3s-85f/digits
     qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 30 --out bitstreams/ulx3s-85f/mnist5k
     qpsnn build --write-manifest
@@ -61,14 +71,14 @@ check-bitstreams:
 reproduce-bitstreams:
     qpsnn build --reproduce
 
-# co-design on the iCEBreaker: five digits networks x P x offsets, synthesized; runs/sweep/icebreaker/pareto.png
+# co-design on the iCEBreaker: the demo digits network and four more x P x offsets, synthesized; runs/sweep/icebreaker
 sweep-digits:
     mkdir -p runs/sweep/digits
     test -f runs/sweep/digits/p75-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 4 --out runs/sweep/digits/p75-t4.qpsnn
     test -f runs/sweep/digits/p75-t2.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 2 --out runs/sweep/digits/p75-t2.qpsnn
     test -f runs/sweep/digits/p50-t2.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.5 --timesteps 2 --out runs/sweep/digits/p50-t2.qpsnn
     test -f runs/sweep/digits/p875-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.875 --timesteps 4 --out runs/sweep/digits/p875-t4.qpsnn
-    qpsnn sweep bitstreams/icebreaker/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
+    qpsnn sweep bitstreams/ulx3s-85f/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
 
 # co-design on the ULX3S, MNIST-5k: the kept model over P and offsets (memory plan; add --synth for logic)
 sweep-mnist5k:
