@@ -151,12 +151,39 @@ def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
     raise CapacityError(f"{board.name}: no P fits; {refused[-1] if refused else 'the model is too large'}")
 
 
+def clocking(board: Board, clock_mhz: float, baud: int):
+    """(PLL or None, the clock it gives in Hz, the UART divisor): refused when the PLL or the divisor cannot
+    come within reach of what was asked."""
+    from .pll import ecp5_pll, ice40_pll
+
+    if clock_mhz == board.clock_mhz:
+        pll = None
+    else:
+        pll = (ice40_pll if board.family == "ice40" else ecp5_pll)(board.clock_mhz, clock_mhz)
+    clock_hz = (pll.f_out_mhz if pll else board.clock_mhz) * 1e6
+    if abs(clock_hz / 1e6 - clock_mhz) > 0.05 * clock_mhz:  # the PLL clamps what it cannot make: refuse, never build silently
+        raise QpsnnError(f"--clock {clock_mhz:g} MHz: the {board.name} PLL gives {clock_hz / 1e6:g} MHz at best "
+                         f"from its {board.clock_mhz:g} MHz oscillator")
+    divisor = round(clock_hz / baud)
+    if abs(clock_hz / divisor - baud) / baud > 0.02:
+        raise QpsnnError(f"{baud} baud is not reachable from {clock_hz / 1e6:g} MHz within 2 % (divisor {divisor})")
+    return pll, clock_hz, divisor
+
+
+def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int):
+    """amaranth's build plan of the whole board design (PLL, reset, UART host link, accelerator): the files and
+    the yosys / nextpnr / pack script that `build` runs and `sweep --synth` runs up to nextpnr's packer."""
+    from .board_top import BoardTop
+
+    top = BoardTop(board, host_design(net, board, lanes, offsets, divisor), pll)
+    synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", board.synth_opts)  # an escape hatch for yosys's own bugs
+    return board.platform().build(top, name=NAME, do_build=False, synth_opts=synth_opts,
+                                  nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail {board.nextpnr_opts}")
+
+
 def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,
           baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None,
           offsets: int | None = None) -> dict:
-    from .board_top import BoardTop
-    from .pll import ecp5_pll, ice40_pll
-
     reporter = reporter or Reporter()
     board = board_named(board_name)
     max_payload = board.max_payload
@@ -168,17 +195,7 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
         reporter.log(f"lanes auto: P={lanes}, {why}")
     memory = check_board_fits(host_design(net, board, lanes, offsets), board)  # refuse before synthesis
     clock = clock_mhz or board.default_mhz
-    if clock == board.clock_mhz:
-        pll = None
-    else:
-        pll = (ice40_pll if board.family == "ice40" else ecp5_pll)(board.clock_mhz, clock)
-    clock_hz = (pll.f_out_mhz if pll else board.clock_mhz) * 1e6
-    if abs(clock_hz / 1e6 - clock) > 0.05 * clock:  # the PLL clamps what it cannot make: refuse, never build silently
-        raise QpsnnError(f"--clock {clock:g} MHz: the {board.name} PLL gives {clock_hz / 1e6:g} MHz at best "
-                         f"from its {board.clock_mhz:g} MHz oscillator")
-    divisor = round(clock_hz / baud)
-    if abs(clock_hz / divisor - baud) / baud > 0.02:
-        raise QpsnnError(f"{baud} baud is not reachable from {clock_hz / 1e6:g} MHz within 2 % (divisor {divisor})")
+    pll, clock_hz, divisor = clocking(board, clock, baud)
     out = Path(out or Path("bitstreams") / board.name)
     build_dir = out / "build"
     if build_dir.exists():
@@ -187,11 +204,7 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
                  f"estimated {memory.bram} {board.bram_name} + {memory.spram} SPRAM")
 
     started = time.monotonic()
-    host = host_design(net, board, lanes, offsets, divisor)
-    top = BoardTop(board, host, pll)
-    synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", board.synth_opts)  # an escape hatch for yosys's own bugs
-    plan = board.platform().build(top, name=NAME, do_build=False, synth_opts=synth_opts,
-                                  nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail {board.nextpnr_opts}")
+    plan = board_plan(net, board, lanes, offsets, pll, divisor)
     plan.extract(str(build_dir))
     _run_steps(build_dir, reporter, f"build {board.name}")
     resources = parse_nextpnr_report(build_dir / f"{NAME}.report.json", board.family)

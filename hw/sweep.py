@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -88,38 +88,40 @@ def accuracy_and_cycles(net, configs: list[tuple[int, int]], dataset: str | None
     return 100.0 * correct / len(images), len(images), {c: float(np.mean(v)) for c, v in cycles.items()}
 
 
-def synth_resources(design, board: Board, cache: Path | None = None) -> dict:
-    """Logic units and DSP blocks of ``design``: yosys synthesis for the board (its own synth options), then
-    nextpnr's packer, whose count is the one `qpsnn build` reports (an iCE40 LC holds a LUT, a flip-flop
-    and a carry, so LUTs alone undercount by half). Cached by the design's RTLIL text."""
-    from amaranth.back import rtlil
+def synth_resources(net, board: Board, lanes: int, offsets: int, clock_mhz: float, cache: Path | None = None) -> dict:
+    """Logic units and DSP blocks of the whole board design (PLL, reset, UART host link, accelerator), run
+    through `qpsnn build`'s own yosys step and then nextpnr's packer: the count the build reports (an iCE40
+    LC holds a LUT, a flip-flop and a carry, so LUTs alone undercount by a third). Cached by the design's
+    files, so an unchanged point is not synthesized twice."""
+    from .board_build import NAME, UTILIZATION, _steps, board_plan, clocking, tool_env
 
-    from .board_build import TOOLS, UTILIZATION
-
-    text = rtlil.convert(design, name="top")
-    script = f"read_rtlil design.il; {SYNTH[board.family]} {board.synth_opts} -top top; write_json design.json"
-    pack = [os.environ.get(f"NEXTPNR_{board.family.upper()}", TOOLS[f"NEXTPNR_{board.family.upper()}"]),
-            *board.pnr_device, "--json", "design.json", "--pack-only", "--report", "report.json", "--quiet"]
-    key = hashlib.sha256("\n".join([script, *pack, text]).encode()).hexdigest()
-    store = json.loads(cache.read_text()) if cache and cache.exists() else {}
-    if key in store:
-        return store[key]
+    pll, _, divisor = clocking(board, clock_mhz, 115200)
+    plan = board_plan(net, board, lanes, offsets, pll, divisor)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "design.il").write_text(text)
-        for argv in ([os.environ.get("YOSYS", TOOLS["YOSYS"]), "-q", "-p", script], pack):
-            proc = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
+        plan.extract(tmp)
+        steps = _steps(Path(tmp) / f"build_{NAME}.sh")[:2]
+        # pack only, and no placed-design output (nextpnr stops with an exception writing one it never placed)
+        steps[1] = re.sub(r" --(asc|textcfg) \S+", "", steps[1]) + " --pack-only"
+        key = hashlib.sha256("\n".join(steps + [(Path(tmp) / f"{NAME}.{ext}").read_text() for ext in ("ys", "il")])
+                             .encode()).hexdigest()
+        store = json.loads(cache.read_text()) if cache and cache.exists() else {}
+        if key in store:
+            return store[key]
+        for line in steps:
+            proc = subprocess.run(["sh", "-c", line], cwd=tmp, env=tool_env(), capture_output=True, text=True)
             if proc.returncode:
-                raise QpsnnError(f"{Path(argv[0]).name} failed on the sweep point:\n"
-                                 f"{(proc.stderr or proc.stdout)[-1500:]}")
-        used = json.loads((Path(tmp) / "report.json").read_text())["utilization"]
+                report = Path(tmp) / f"{NAME}.rpt"
+                text = proc.stderr or proc.stdout or (report.read_text() if report.exists() else "")
+                raise QpsnnError(f"{line.split()[0].strip(chr(34) + '$')} failed on the sweep point:\n{text[-1500:]}")
+        used = json.loads((Path(tmp) / f"{NAME}.report.json").read_text())["utilization"]
     names = UTILIZATION[board.family]
     found = {"logic": used[names["logic"]]["used"], "dsp": used[names["dsp"]]["used"]}
     if cache:
         store[key] = found
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(store, indent=1))
-        tmp.replace(cache)
+        part = cache.with_suffix(".tmp")
+        part.write_text(json.dumps(store, indent=1))
+        part.replace(cache)
     return found
 
 
@@ -161,7 +163,7 @@ def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: lis
             except CapacityError as exc:
                 point.fits, point.why = False, str(exc).split(";")[0]
             if synth and point.fits:
-                found = synth_resources(design, board, cache)
+                found = synth_resources(net, board, p, o, clock_mhz, cache)
                 point.logic, point.dsp = found["logic"], found["dsp"]
                 if point.logic > board.logic:
                     point.fits, point.why = False, f"{point.logic} {board.logic_name} > {board.logic}"
