@@ -118,11 +118,25 @@ def _loader(data: Dataset, cfg: TrainConfig, rt: Runtime) -> torch.utils.data.Da
                       num_workers=2 if rt.cuda else 0, pin_memory=rt.cuda, persistent_workers=rt.cuda)
 
 
-def _epoch(model, opt, loader, cfg: TrainConfig, gen: torch.Generator, rt: Runtime) -> tuple[float, int]:
+def _one_process_batches(data: Dataset, cfg: TrainConfig, gen: torch.Generator):
+    """One process: batches in the order of a permutation drawn from the run's generator, as before torchrun
+    support, so a seed trains the same model as the kept model files were trained (`qpsnn demo` reproduces
+    bitstreams/ulx3s-85f/digits/model.qpsnn's weights)."""
+    n = len(data.train.labels)
+    order = torch.randperm(n, generator=gen)
+    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
+    for i in range(0, n, cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        yield images[idx], labels[idx]
+
+
+def _epoch(model, opt, loader, cfg: TrainConfig, gen: torch.Generator, rt: Runtime,
+           data: Dataset | None = None) -> tuple[float, int]:
     """One epoch; the mean loss and the number of images, over all ranks."""
     model.train()
     total, seen = torch.zeros(2, dtype=torch.float64), 0
-    for x, y in loader:
+    batches = _one_process_batches(data, cfg, gen) if rt.world_size == 1 and data is not None else loader
+    for x, y in batches:
         if len(y) < 2:  # the same on every rank: each holds the same number of samples
             continue
         x = to_float(x.to(rt.device, non_blocking=True))
@@ -276,7 +290,7 @@ class Trainer:
                 # distinct per phase and epoch, the same on every rank and after a resume
                 self.loader.sampler.set_epoch(state.epoch + (0 if state.phase == "qat" else 100_003))
                 start = time.perf_counter()
-                loss, images = _epoch(trained, opt, self.loader, self.cfg, gen, self.rt)
+                loss, images = _epoch(trained, opt, self.loader, self.cfg, gen, self.rt, self.data)
                 seconds = time.perf_counter() - start
                 self.seconds, self.images = self.seconds + seconds, self.images + images
                 sched.step()
