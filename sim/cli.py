@@ -18,18 +18,18 @@ def cmd_sim(args) -> int:
     except CapacityError as exc:
         raise QpsnnError(str(exc)) from None
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report.to_json()))
     else:
-        print(f"{report['samples']} samples on {report['simulator']} (P={report['lanes']}, offsets={report['offsets']}): "
-              f"{'bit-exact' if report['bit_exact'] else str(report['mismatches']) + ' MISMATCHES'}; "
-              f"{report['cycles_total']} cycles, bound {report['bound_cycles_total']} "
-              f"(x{report['cycles_over_bound']}), {report['events_total']} events, {report['sim_seconds']} s simulated"
-              f"{' in ' + str(report['jobs']) + ' jobs' if report['jobs'] > 1 else ''}")
-        for mm in report["first_mismatches"]:
+        print(f"{report.samples} samples on {report.simulator} (P={report.lanes}, offsets={report.offsets}): "
+              f"{'bit-exact' if report.bit_exact else str(report.mismatches) + ' MISMATCHES'}; "
+              f"{report.cycles_total} cycles, bound {report.bound_cycles_total} "
+              f"(x{report.cycles_over_bound}), {report.events_total} events, {report.sim_seconds} s simulated"
+              f"{' in ' + str(report.jobs) + ' jobs' if report.jobs > 1 else ''}")
+        for mm in report.first_mismatches:
             print(f"  mismatch: {mm}")
-        if report["first_mismatches"] and report["waves"]:
-            print(f"  waveform: {report['waves']}")
-    return 0 if report["bit_exact"] else 1
+        if report.first_mismatches and report.waves:
+            print(f"  waveform: {report.waves}")
+    return 0 if report.bit_exact else 1
 
 
 def cmd_bench_density(args) -> int:

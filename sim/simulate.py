@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,40 @@ import numpy as np
 from qpsnn.sw import modelfile
 from qpsnn.sw.evaluate import dataset_for
 from qpsnn.sw.progress import Reporter
+from qpsnn.sw.reports import OPTIONAL, Report
 
 from qpsnn.hw.geometry import DEFAULT_OFFSETS
 
 from .runner import TOP, BenchResult, build_design, generate_verilog, run_built
 
 
+@dataclass
+class SimReport(Report):
+    """``qpsnn sim``: the RTL against the golden model, and its cycles against the cycle model's bound.
+    ``per_sample`` (every sample's row) is there only when asked for (``details``)."""
+    model: str
+    simulator: str
+    lanes: int
+    offsets: int
+    samples: int
+    mismatches: int
+    bit_exact: bool
+    cycles_total: int
+    bound_cycles_total: int
+    cycles_over_bound: float | None
+    events_total: int
+    sim_seconds: float
+    first_mismatches: list
+    waves: str | None
+    build_dir: str
+    jobs: int
+    per_sample: list | None = field(default=None, metadata=OPTIONAL)
+
+
 def simulate(path: str | Path, simulator: str = "verilator", samples: int | None = None, lanes: int | None = None,
              waves: bool = False, dataset: str | None = None, data_path: str | None = None, chunk: int = 40,
              forwarding: bool = True, reporter: Reporter | None = None, offsets: int = DEFAULT_OFFSETS,
-             jobs: int = 1, details: bool = False) -> dict:
+             jobs: int = 1, details: bool = False) -> SimReport:
     """The model's test images through the RTL, ``chunk`` images a simulator run. ``jobs`` simulator processes
     run chunks at once (the design is built once, each job runs in its own folder of the build); results are
     merged in sample order, so the report is the one job's (``details`` adds every sample's row)."""
@@ -70,14 +95,12 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
         wave = r.waves or wave
     cycles = sum(r["cycles"] for r in results)
     bound = sum(r["bound_cycles"] for r in results)
-    report = {
-        "model": str(path), "simulator": simulator, "lanes": lanes, "offsets": offsets,
-        "samples": len(results), "mismatches": count, "bit_exact": count == 0 and len(results) == len(images),
-        "cycles_total": cycles, "bound_cycles_total": bound,
-        "cycles_over_bound": round(cycles / bound, 5) if bound else None,
-        "events_total": sum(r["events"] for r in results), "sim_seconds": round(seconds, 3),
-        "first_mismatches": mismatches[:10], "waves": wave, "build_dir": str(build), "jobs": jobs,
-    }
-    if details:
-        report["per_sample"] = results
-    return report
+    return SimReport(
+        model=str(path), simulator=simulator, lanes=lanes, offsets=offsets,
+        samples=len(results), mismatches=count, bit_exact=count == 0 and len(results) == len(images),
+        cycles_total=cycles, bound_cycles_total=bound,
+        cycles_over_bound=round(cycles / bound, 5) if bound else None,
+        events_total=sum(r["events"] for r in results), sim_seconds=round(seconds, 3),
+        first_mismatches=mismatches[:10], waves=wave, build_dir=str(build), jobs=jobs,
+        per_sample=results if details else None,
+    )

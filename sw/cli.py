@@ -126,7 +126,8 @@ def _train_on(runtime, cfg, out: Path, resume: bool, quiet: bool) -> dict | None
         raise QpsnnError(f"float model trained (test accuracy {acc:.2f} %); a float model has no integer export")
     trainer.export(model, state, acc)
     trainer.cleanup()
-    return {**evaluate(out, trainer.cfg.dataset, trainer.cfg.data_path, device=runtime.device), **trainer.describe()}
+    report = evaluate(out, trainer.cfg.dataset, trainer.cfg.data_path, device=runtime.device)
+    return {**report.to_json(), **trainer.describe()}
 
 
 def _print_summary(metrics: dict, title: str) -> None:
@@ -168,11 +169,11 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .runtime import resolve_device
 
-    metrics = evaluate(args.file, args.dataset, args.data_path, args.samples, device=resolve_device(args.device))
+    report = evaluate(args.file, args.dataset, args.data_path, args.samples, device=resolve_device(args.device))
     if args.json:
-        print(json.dumps(metrics))
+        print(json.dumps(report.to_json()))
     else:
-        _print_summary(metrics, f"evaluation of {args.file}")
+        _print_summary(report.to_json(), f"evaluation of {args.file}")
     return 0
 
 
@@ -242,13 +243,13 @@ def cmd_infer(args) -> int:
     report = infer(args.file, args.device, args.dataset, args.data_path, args.samples, args.timeout, args.retries,
                    args.baudrate)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report.to_json()))
     else:
-        print(f"{report['samples']} samples through {report['device']}: accuracy {report['accuracy']} %, "
-              f"{report['agree_with_golden']}/{report['samples']} equal to the golden model, "
-              f"{report['cycles_mean']} cycles per image; {report['bytes_sent']} bytes sent "
-              f"({report['load_bytes_sent']} for the model), {report['seconds']} s")
-    return 0 if report["agree_with_golden"] == report["samples"] else 1
+        print(f"{report.samples} samples through {report.device}: accuracy {report.accuracy} %, "
+              f"{report.agree_with_golden}/{report.samples} equal to the golden model, "
+              f"{report.cycles_mean} cycles per image; {report.bytes_sent} bytes sent "
+              f"({report.load_bytes_sent} for the model), {report.seconds} s")
+    return 0 if report.agree_with_golden == report.samples else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """Evaluate a `.qpsnn` file: integer (golden) accuracy, and the float model's when its checkpoint is beside it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,6 +12,22 @@ from .errors import DatasetError
 from .golden import run_golden
 from .intnet import IntNet
 from .packing import packed_size
+from .reports import Report
+
+
+@dataclass
+class EvalReport(Report):
+    """``qpsnn eval``: the golden model's accuracy and costs; ``accuracy_float`` is None without the model's
+    own ``.pt``."""
+    model: str
+    dataset: str
+    samples: int
+    accuracy_int: float
+    accuracy_float: float | None
+    weight_bytes: int
+    file_bytes: int
+    spikes_per_sample: float
+    sops_per_sample: float
 
 
 def weight_bytes(net: IntNet) -> int:
@@ -29,7 +46,7 @@ def dataset_for(net: IntNet, name: str | None, path: str | None) -> Dataset:
 
 
 def evaluate(path: str | Path, dataset: str | None = None, data_path: str | None = None,
-             samples: int | None = None, batch: int = 500, device: torch.device | str = "cpu") -> dict:
+             samples: int | None = None, batch: int = 500, device: torch.device | str = "cpu") -> EvalReport:
     """Integer accuracy from the golden model (CPU, integer arithmetic); the float model's, when its checkpoint
     is beside the file, on ``device``."""
     path = Path(path)
@@ -45,17 +62,17 @@ def evaluate(path: str | Path, dataset: str | None = None, data_path: str | None
         spikes += int(result.spikes.sum())
         sops += int(result.sops.sum())
     n = max(1, len(images))
-    return {
-        "model": str(path),
-        "dataset": data.name,
-        "samples": len(images),
-        "accuracy_int": round(100.0 * correct / n, 4),
-        "accuracy_float": _float_accuracy(path, images, labels, device),
-        "weight_bytes": weight_bytes(net),
-        "file_bytes": path.stat().st_size,
-        "spikes_per_sample": round(spikes / n, 3),
-        "sops_per_sample": round(sops / n, 3),
-    }
+    return EvalReport(
+        model=str(path),
+        dataset=data.name,
+        samples=len(images),
+        accuracy_int=round(100.0 * correct / n, 4),
+        accuracy_float=_float_accuracy(path, images, labels, device),
+        weight_bytes=weight_bytes(net),
+        file_bytes=path.stat().st_size,
+        spikes_per_sample=round(spikes / n, 3),
+        sops_per_sample=round(sops / n, 3),
+    )
 
 
 def _float_accuracy(path: Path, images, labels, device: torch.device | str = "cpu") -> float | None:

@@ -702,7 +702,7 @@ def import_nir(graph_path: str | Path, cfg, out: str | Path, dt: float | None = 
     }}
     trainer.export(model, state, acc_float, extra_provenance=provenance)
     trainer.cleanup()
-    metrics = evaluate(out, cfg.dataset, cfg.data_path)
+    metrics = evaluate(out, cfg.dataset, cfg.data_path).to_json()
     metrics.update({"spec": state.spec, "imported_spec": imported.spec, "accuracy_graph_float": round(acc_graph, 4),
                     "accuracy_quantized_before_finetune": round(acc_quantized, 4), "notes": imported.notes,
                     "dt": dt, "timesteps": timesteps})

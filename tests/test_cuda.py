@@ -29,7 +29,7 @@ def test_training_on_cuda_exports_a_cpu_integer_model(digits, tmp_path, bf16):
     assert net.provenance["training"]["device"].startswith("cuda") and net.provenance["training"]["bf16"] == bf16
     assert trainer.images_per_second > 0
     metrics = evaluate(tmp_path / "gpu.qpsnn", device="cuda")
-    assert metrics["accuracy_int"] > 50 and abs(metrics["accuracy_float"] - acc) < 1e-6
+    assert metrics.accuracy_int > 50 and abs(metrics.accuracy_float - acc) < 1e-6
     assert not modelfile.load(tmp_path / "gpu.qpsnn").layers[0].weights().is_floating_point()
 
 

@@ -27,9 +27,10 @@ def test_two_jobs_report_what_one_job_does(small_model, tmp_path, monkeypatch):
     quiet = Reporter(quiet=True)
     one = simulate(small_model, samples=7, lanes=4, reporter=quiet, details=True)
     two = simulate(small_model, samples=7, lanes=4, reporter=quiet, details=True, jobs=2)
-    assert one["bit_exact"] and two["bit_exact"] and one["samples"] == 7
-    assert [r["sample"] for r in two["per_sample"]] == list(range(7))
-    assert two["per_sample"] == one["per_sample"]
+    assert one.bit_exact and two.bit_exact and one.samples == 7
+    assert [r["sample"] for r in two.per_sample] == list(range(7))
+    assert two.per_sample == one.per_sample
+    one, two = one.to_json(), two.to_json()
     assert {k: v for k, v in two.items() if k not in TIMING} == {k: v for k, v in one.items() if k not in TIMING}
     assert len(list((tmp_path / "build").iterdir())) == 1  # one build, shared by the jobs
     assert len(list((tmp_path / "build").glob("*/job-*"))) == 2  # each job ran in its own folder
