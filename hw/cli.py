@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from qpsnn.sw.errors import require_extra
+
+FPGA = ("amaranth", "amaranth_boards")  # what a bitstream build imports (yosys and nextpnr are checked as tools)
+
 
 def cmd_build(args) -> int:
     from qpsnn.sw.errors import QpsnnError
@@ -12,6 +16,7 @@ def cmd_build(args) -> int:
 
     root = Path(args.manifest_root)
     if args.reproduce:
+        require_extra("build --reproduce", "fpga", *FPGA)
         problems = reproduce(root)
         print(f"{root}: {'every kept bitstream rebuilds to its manifest sha256' if not problems else str(len(problems)) + ' differ'}")
         return 0 if not problems else 1
@@ -26,6 +31,7 @@ def cmd_build(args) -> int:
         return 0
     if not args.file or not args.board:
         raise QpsnnError("give a model file and --board (or --check / --write-manifest)")
+    require_extra("build", "fpga", *FPGA)
     from .board_build import build
 
     report = build(args.file, args.board, args.lanes, args.clock, args.baud, args.out, offsets=args.offsets)

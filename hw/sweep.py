@@ -258,10 +258,12 @@ def _offsets(text: str) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from qpsnn.sw.errors import require_extra
     from qpsnn.sw.options import regular_file
 
     from .boards import board_named
 
+    require_extra("sweep", "hw", "amaranth")  # the memory plan elaborates the design
     board = board_named(args.board)
     for m in args.models:
         regular_file(m, "model file")

@@ -4,9 +4,13 @@ from __future__ import annotations
 import json
 
 from qpsnn.sw import options as opt
+from qpsnn.sw.errors import require_extra
+
+HW = ("amaranth", "cocotb")  # what every command here imports once it runs (the RTL, the cocotb benches)
 
 
 def cmd_sim(args) -> int:
+    require_extra("sim", "hw", *HW)
     from qpsnn.hw.geometry import CapacityError
     from qpsnn.sw.errors import QpsnnError
 
@@ -33,6 +37,7 @@ def cmd_sim(args) -> int:
 
 
 def cmd_bench_density(args) -> int:
+    require_extra("bench-density", "hw", *HW)
     from .density import density_benchmark
 
     summary = density_benchmark(args.file, args.out, args.samples, args.lanes, args.simulator, offsets=args.offsets)
@@ -41,6 +46,7 @@ def cmd_bench_density(args) -> int:
 
 
 def cmd_serve_sim(args) -> int:
+    require_extra("serve-sim", "hw", *HW)
     from pathlib import Path
 
     from qpsnn.sw.errors import QpsnnError
@@ -82,6 +88,7 @@ def _check_port_free(port: int) -> None:
 
 
 def cmd_bench_link(args) -> int:
+    require_extra("bench-link", "hw", *HW)
     from .link_check import check_link
 
     report = check_link(args.file, args.frames, args.samples, args.seed, args.simulator)

@@ -305,31 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_infer)
 
-    for register in _extensions():
+    from qpsnn.hw.cli import register as register_hw  # these import no optional package: each command checks
+    from qpsnn.sim.cli import register as register_sim  # its own extra when it runs (errors.require_extra)
+
+    from .nir_cli import register as register_nir
+
+    for register in (register_sim, register_hw, register_nir):
         register(sub)
     return parser
-
-
-def _extensions() -> list:
-    """Subcommands of the other parts, registered only when their dependencies import."""
-    found = []
-    try:
-        from qpsnn.sim.cli import register as register_sim
-        found.append(register_sim)
-    except ImportError:  # the hardware extras are not installed
-        pass
-    try:
-        from qpsnn.hw.cli import register as register_hw
-        found.append(register_hw)
-    except ImportError:
-        pass
-    try:  # NIR interchange (issue 10): export-nir / import-nir
-        from qpsnn.sw.nir_cli import register as register_nir
-        found.append(register_nir)
-    except ModuleNotFoundError as exc:
-        if exc.name != "qpsnn.sw.nir_cli":
-            raise
-    return found
 
 
 def _one_line(text: str) -> str:

@@ -43,3 +43,24 @@ class DeviceRefused(DeviceError):
     def __init__(self, command: str, code: int, meaning: str):
         super().__init__(f"the device refused {command} with code {code}: {meaning}")
         self.command, self.code = command, code
+
+
+EXTRAS = {"hw": "the hardware extras", "fpga": "the FPGA extras", "nir": "the NIR extras"}
+
+
+class MissingExtra(QpsnnError):
+    """A command whose optional dependencies (one of qpsnn's pip extras) are not installed."""
+
+
+def require_extra(command: str, extra: str, *modules: str) -> None:
+    """Refuse ``qpsnn COMMAND`` in one line, naming the extra to install, when one of ``modules`` is not installed.
+    A module that is there but fails to import (a broken install, a bug) raises as it is."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            raise MissingExtra(f"qpsnn {command} needs {EXTRAS[extra]}: pip install 'qpsnn[{extra}]'") from None

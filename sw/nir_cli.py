@@ -1,13 +1,15 @@
-"""``qpsnn export-nir`` and ``qpsnn import-nir`` (registered by `cli._extensions`; NIR itself is imported lazily,
-so the rest of the command line works without the ``nir`` extra)."""
+"""``qpsnn export-nir`` and ``qpsnn import-nir`` (registered by `cli.build_parser`; NIR itself is imported when a
+command runs, so the rest of the command line works without the ``nir`` extra)."""
 from __future__ import annotations
 
 import json
 
 from . import options as opt
+from .errors import require_extra
 
 
 def cmd_export_nir(args) -> int:
+    require_extra("export-nir", "nir", "nir")
     from .nir_io import export_nir
 
     report = export_nir(args.file, args.out, use_float=args.float, portable=args.portable)
@@ -23,6 +25,7 @@ def cmd_export_nir(args) -> int:
 
 
 def cmd_import_nir(args) -> int:
+    require_extra("import-nir", "nir", "nir")
     from .nir_io import import_nir
     from .progress import Reporter
     from .train import TrainConfig

@@ -70,3 +70,47 @@ def test_inspect_json_has_the_manifest(capsys, trained_digits):
     assert manifest["timesteps"] == 4 and manifest["classes"] == 10 and "provenance" in manifest
     assert layers[0]["weights"] == net.layers[0].weights().tolist()
     assert len(layers[1]["kept_channels"]) == 8  # c16 pruned by half
+
+
+COMMANDS = {"demo", "train", "eval", "inspect", "ablate", "infer", "sim", "serve-sim", "bench-link", "bench-density",
+            "build", "sweep", "flash", "export-nir", "import-nir"}
+
+
+@pytest.mark.parametrize("missing, argv, extra", [
+    ("amaranth", ["sim", "model.qpsnn"], "hw"),
+    ("cocotb", ["serve-sim", "model.qpsnn"], "hw"),
+    ("amaranth", ["bench-link", "model.qpsnn"], "hw"),
+    ("amaranth", ["bench-density", "model.qpsnn"], "hw"),
+    ("amaranth", ["sweep", "model.qpsnn", "--board", "icebreaker"], "hw"),
+    ("amaranth_boards", ["build", "model.qpsnn", "--board", "icebreaker"], "fpga"),
+    ("nir", ["export-nir", "model.qpsnn", "out.nir"], "nir"),
+    ("nir", ["import-nir", "graph.nir"], "nir"),
+])
+def test_a_command_without_its_extra_says_which_to_install(monkeypatch, capsys, tmp_path, missing, argv, extra):
+    """Every subcommand is registered whatever is installed; one whose extra is missing (its package set to None
+    in sys.modules: an import of it fails as when it is not installed) refuses in one line naming the extra."""
+    from qpsnn.sw.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, missing, None)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == COMMANDS
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    command = argv[0]
+    assert captured.err == f"qpsnn: error: qpsnn {command} needs the " \
+        f"{ {'hw': 'hardware', 'fpga': 'FPGA', 'nir': 'NIR'}[extra]} extras: pip install 'qpsnn[{extra}]'\n"
+    assert captured.out == "" and not list(tmp_path.iterdir())
+
+
+def test_a_broken_extra_is_not_hidden(monkeypatch, capsys):
+    """A package that is installed but fails to import (here: one of amaranth's own imports) is a real error,
+    not a missing extra: it is reported as one, with its traceback under --debug."""
+    from qpsnn.sw.errors import require_extra
+
+    def broken(name, *args, **kwargs):
+        raise ModuleNotFoundError("No module named 'jschon'", name="jschon")
+
+    monkeypatch.setattr("importlib.import_module", broken)
+    with pytest.raises(ModuleNotFoundError, match="jschon"):
+        require_extra("sim", "hw", "amaranth")

@@ -1,5 +1,6 @@
 """Issue 11: nothing in ``sw/`` imports ``hw/`` or ``sim/``: training, the model file, the golden model and the
-host driver run without amaranth or cocotb installed. Only the CLI's `_extensions` registers those parts."""
+host driver run without amaranth or cocotb installed. Only the CLI's `build_parser` registers those parts' commands,
+and registering them imports no optional package."""
 import ast
 import subprocess
 import sys
@@ -23,10 +24,21 @@ def test_no_sw_module_imports_hw_or_sim():
     assert not found, found
 
 
-def test_importing_sw_loads_no_hardware_package():
-    code = ("import sys\n"
-            "import qpsnn.sw.train, qpsnn.sw.modelfile, qpsnn.sw.golden, qpsnn.sw.evaluate, qpsnn.sw.device, "
-            "qpsnn.sw.infer, qpsnn.sw.cli\n"
-            f"print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))\n")
+def _loaded_after(code: str, packages: tuple) -> str:
+    """The modules of ``packages`` (names or dotted prefixes) a fresh interpreter has loaded after ``code``."""
+    code += f"\nimport sys\nprint(sorted(m for m in sys.modules if (m + '.').startswith(tuple(p + '.' for p in {packages!r}))))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    return out.stdout.strip()
+
+
+def test_importing_sw_loads_no_hardware_package():
+    code = ("import qpsnn.sw.train, qpsnn.sw.modelfile, qpsnn.sw.golden, qpsnn.sw.evaluate, qpsnn.sw.device, "
+            "qpsnn.sw.infer, qpsnn.sw.cli")
+    assert _loaded_after(code, FORBIDDEN) == "[]"
+
+
+def test_registering_every_command_loads_no_optional_package():
+    """`qpsnn --help` and every subcommand's parser without amaranth, cocotb or NIR: each command imports its
+    extra only when it runs (and says which to install when it is missing: tests/test_cli.py)."""
+    optional = ("amaranth", "amaranth_boards", "cocotb", "cocotb_tools", "nir", "nirtorch", "snntorch", "norse")
+    assert _loaded_after("from qpsnn.sw.cli import build_parser\nbuild_parser()", optional) == "[]"
