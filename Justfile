@@ -59,6 +59,7 @@ bench-link file=model:
 bitstreams:
     qpsnn build bitstreams/icebreaker/digits/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits
     qpsnn build bitstreams/icebreaker/digits-c8/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits-c8
+    qpsnn build bitstreams/icebreaker/digits-fast/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits-fast
     qpsnn build bitstreams/ulx3s-85f/digits/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 35 --out bitstreams/ulx3s-85f/digits
     qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 30 --out bitstreams/ulx3s-85f/mnist5k
     qpsnn build --write-manifest
@@ -71,14 +72,15 @@ check-bitstreams:
 reproduce-bitstreams:
     qpsnn build --reproduce
 
-# co-design on the iCEBreaker: the demo digits network and four more x P x offsets, synthesized; runs/sweep/icebreaker
+# co-design on the iCEBreaker: the demo digits network and five more x P x offsets, synthesized; runs/sweep/icebreaker
 sweep-digits:
     mkdir -p runs/sweep/digits
     test -f runs/sweep/digits/p75-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 4 --out runs/sweep/digits/p75-t4.qpsnn
     test -f runs/sweep/digits/p75-t2.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 2 --out runs/sweep/digits/p75-t2.qpsnn
     test -f runs/sweep/digits/p50-t2.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.5 --timesteps 2 --out runs/sweep/digits/p50-t2.qpsnn
     test -f runs/sweep/digits/p875-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.875 --timesteps 4 --out runs/sweep/digits/p875-t4.qpsnn
-    qpsnn sweep bitstreams/ulx3s-85f/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
+    test -f runs/sweep/digits/p75-t2-e80.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 2 --epochs 80 --finetune-epochs 40 --out runs/sweep/digits/p75-t2-e80.qpsnn
+    qpsnn sweep bitstreams/ulx3s-85f/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn runs/sweep/digits/p75-t2-e80.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
 
 # co-design on the ULX3S, MNIST-5k: the kept model over P and offsets (memory plan; add --synth for logic)
 sweep-mnist5k:
