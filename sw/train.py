@@ -107,8 +107,8 @@ def _optimizer(model: QPSNN, cfg: TrainConfig, epochs: int):
 
 
 def _loader(data: Dataset, cfg: TrainConfig, rt: Runtime) -> torch.utils.data.DataLoader:
-    """This rank's share of every global batch: a `DistributedSampler` (one replica in one process) shuffles
-    with the run's seed and the epoch, so N ranks together see the batches one process would. Workers and
+    """Under torchrun, this rank's share of every global batch: a `DistributedSampler` shuffles with the
+    run's seed and the epoch, so the N ranks together take global batches of the configured size. Workers and
     pinned memory on CUDA only (the images are in memory already; on the CPU workers only cost)."""
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -119,9 +119,8 @@ def _loader(data: Dataset, cfg: TrainConfig, rt: Runtime) -> torch.utils.data.Da
 
 
 def _one_process_batches(data: Dataset, cfg: TrainConfig, gen: torch.Generator):
-    """One process: batches in the order of a permutation drawn from the run's generator, as before torchrun
-    support, so a seed trains the same model as the kept model files were trained (`qpsnn demo` reproduces
-    bitstreams/ulx3s-85f/digits/model.qpsnn's weights)."""
+    """One process: batches in the order of a permutation drawn from the run's generator, the order from
+    before torchrun support, so a seed trains the same network it trained then."""
     n = len(data.train.labels)
     order = torch.randperm(n, generator=gen)
     images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
@@ -130,12 +129,10 @@ def _one_process_batches(data: Dataset, cfg: TrainConfig, gen: torch.Generator):
         yield images[idx], labels[idx]
 
 
-def _epoch(model, opt, loader, cfg: TrainConfig, gen: torch.Generator, rt: Runtime,
-           data: Dataset | None = None) -> tuple[float, int]:
+def _epoch(model, opt, batches, cfg: TrainConfig, gen: torch.Generator, rt: Runtime) -> tuple[float, int]:
     """One epoch; the mean loss and the number of images, over all ranks."""
     model.train()
-    total, seen = torch.zeros(2, dtype=torch.float64), 0
-    batches = _one_process_batches(data, cfg, gen) if rt.world_size == 1 and data is not None else loader
+    total = torch.zeros(2, dtype=torch.float64)
     for x, y in batches:
         if len(y) < 2:  # the same on every rank: each holds the same number of samples
             continue
@@ -167,6 +164,7 @@ class Trainer:
             self.reporter = Reporter(quiet=True)
         self.data = data
         self.seconds, self.images = 0.0, 0  # time in training epochs and the images they took, this process
+        self.loader = None  # the DistributedSampler's loader, made on the first epoch under torchrun
 
     @property
     def images_per_second(self) -> float | None:
@@ -233,7 +231,6 @@ class Trainer:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         data = self.data or load_dataset(cfg.dataset, cfg.data_path)
         self.data = data
-        self.loader = _loader(data, cfg, self.rt)
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         state = TrainState(spec=cfg.resolved_spec())
@@ -272,10 +269,18 @@ class Trainer:
         """Prune a trained model and fine-tune it (no resume point): used by the ablation's shared QAT runs."""
         model, state = self._prune(model, state)
         state.phase, state.epoch = "finetune", 0
-        self.loader = getattr(self, "loader", None) or _loader(self.data, self.cfg, self.rt)
         gen = torch.Generator().manual_seed(self.cfg.seed + 7)
         opt, sched = _optimizer(model, self.cfg, self.cfg.finetune_epochs)
         return self._phase(model, opt, sched, state, gen, self.cfg.finetune_epochs, "fine-tune"), state
+
+    def _batches(self, state: TrainState, gen: torch.Generator):
+        """One epoch's batches: one process draws them from the run's generator; under torchrun each rank
+        takes its sampler's share, shuffled distinctly per phase and epoch, the same after a resume."""
+        if not self.rt.distributed:
+            return _one_process_batches(self.data, self.cfg, gen)
+        self.loader = self.loader or _loader(self.data, self.cfg, self.rt)
+        self.loader.sampler.set_epoch(state.epoch + (0 if state.phase == "qat" else 100_003))
+        return self.loader
 
     def _phase(self, model, opt, sched, state: TrainState, gen, epochs: int, title: str) -> QPSNN:
         trained = model
@@ -287,10 +292,8 @@ class Trainer:
             if state.epoch:
                 advance(state.epoch, "resumed")
             while state.epoch < epochs:
-                # distinct per phase and epoch, the same on every rank and after a resume
-                self.loader.sampler.set_epoch(state.epoch + (0 if state.phase == "qat" else 100_003))
                 start = time.perf_counter()
-                loss, images = _epoch(trained, opt, self.loader, self.cfg, gen, self.rt, self.data)
+                loss, images = _epoch(trained, opt, self._batches(state, gen), self.cfg, gen, self.rt)
                 seconds = time.perf_counter() - start
                 self.seconds, self.images = self.seconds + seconds, self.images + images
                 sched.step()
