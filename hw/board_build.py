@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import time
@@ -50,23 +49,35 @@ def bitstream_name(board: Board) -> str:
     return f"{NAME}.bin" if board.family == "ice40" else f"{NAME}.bit"
 
 
-def workload(net, dataset: str | None = None, data_path: str | None = None, lanes: int = 8, chunk: int = 100,
-             offsets: int = 1) -> dict:
-    """Accuracy of the integer model and cycles per image from the cycle model, over the whole test set."""
+def golden_cycles(net, configs: list[tuple[int, int]], dataset: str | None = None, data_path: str | None = None,
+                  samples: int | None = None, chunk: int = 100) -> tuple[str, float, int, dict]:
+    """One golden run over the test set, timed by the cycle model for every (lanes, offsets):
+    (data set, accuracy %, images, {(lanes, offsets): [cycles of each image]})."""
     from qpsnn.sim.cycle_model import timings_for
 
     data = dataset_for(net, dataset, data_path)
-    images, labels = data.test.images, data.test.labels
-    geo = geometry_of(net, lanes, offsets)
-    cycles, correct = [], 0
+    images, labels = data.test.images, np.asarray(data.test.labels)
+    if samples is not None:
+        images, labels = images[:samples], labels[:samples]
+    geos = {c: geometry_of(net, *c) for c in configs}
+    cycles = {c: [] for c in configs}
+    correct = 0
     for s in range(0, len(images), chunk):
-        part = np.ascontiguousarray(images[s:s + chunk])
-        golden = run_golden(net, torch.from_numpy(part), trace=True)
-        correct += int((golden.classes.numpy() == np.asarray(labels[s:s + chunk])).sum())
-        cycles += [t.total for t in timings_for(geo, golden)]
-    return {"dataset": data.name if hasattr(data, "name") else dataset, "test_images": len(images),
-            "accuracy": round(100.0 * correct / len(images), 3), "cycles_per_image_mean": round(float(np.mean(cycles)), 1),
-            "cycles_per_image_max": int(np.max(cycles))}
+        golden = run_golden(net, torch.from_numpy(np.ascontiguousarray(images[s:s + chunk])), trace=True)
+        correct += int((golden.classes.numpy() == labels[s:s + chunk]).sum())
+        for c, geo in geos.items():
+            cycles[c] += [t.total for t in timings_for(geo, golden)]
+    name = data.name if hasattr(data, "name") else dataset
+    return name, 100.0 * correct / len(images), len(images), cycles
+
+
+def workload(net, dataset: str | None = None, data_path: str | None = None, lanes: int = 8, chunk: int = 100,
+             offsets: int = 1) -> dict:
+    """Accuracy of the integer model and cycles per image from the cycle model, over the whole test set."""
+    name, accuracy, n, cycles = golden_cycles(net, [(lanes, offsets)], dataset, data_path, chunk=chunk)
+    mine = cycles[(lanes, offsets)]
+    return {"dataset": name, "test_images": n, "accuracy": round(accuracy, 3),
+            "cycles_per_image_mean": round(float(np.mean(mine)), 1), "cycles_per_image_max": int(np.max(mine))}
 
 
 def _steps(script: Path) -> list[str]:
@@ -128,6 +139,12 @@ def host_design(net, board: Board, lanes: int, offsets: int, divisor: int = 104)
 DSP_RESERVE = 12  # DSP blocks left for what yosys maps besides the encoder's products
 
 
+def encoder_products_fit(board: Board, lanes: int, offsets: int) -> bool:
+    """The encoder's multipliers (P per kernel offset read per cycle) within an ECP5's DSP blocks, with room
+    left for what else yosys maps there; the iCE40 builds put the surplus in logic."""
+    return board.family != "ecp5" or lanes * offsets <= board.dsp - DSP_RESERVE
+
+
 def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
     """The largest power-of-two P that fits the board's memories and DSP blocks, and why no larger one."""
     widest = max(layer.channels for layer in net.layers)
@@ -135,9 +152,8 @@ def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
     for lanes in (64, 32, 16, 8, 4, 2, 1):
         if lanes > board.max_auto_lanes or lanes >= 2 * widest:
             continue
-        products = lanes * offsets  # the encoder's multipliers: P per kernel offset read per cycle
-        if board.family == "ecp5" and products > board.dsp - DSP_RESERVE:
-            refused.append(f"P={lanes} needs {products} multipliers, the {board.device} has {board.dsp} DSP blocks")
+        if not encoder_products_fit(board, lanes, offsets):
+            refused.append(f"P={lanes} needs {lanes * offsets} multipliers, the {board.device} has {board.dsp} DSP blocks")
             continue
         try:
             check_board_fits(host_design(net, board, lanes, offsets), board)

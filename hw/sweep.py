@@ -17,17 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from qpsnn.sw import modelfile
 from qpsnn.sw.errors import QpsnnError
-from qpsnn.sw.evaluate import dataset_for
-from qpsnn.sw.golden import run_golden
+from qpsnn.sw.spec import LayerSpec
 
 from .boards import Board
-from .geometry import CapacityError, geometry_of
-
-SYNTH = {"ice40": "synth_ice40", "ecp5": "synth_ecp5"}
+from .geometry import CapacityError
 
 
 @dataclass
@@ -57,35 +53,8 @@ class Point:
 
 
 def spec_of(net) -> str:
-    parts = []
-    for layer in net.layers:
-        if layer.kind == "conv":
-            parts.append(f"c{layer.channels}" + (f"-p{layer.pool}" if layer.pool > 1 else ""))
-        else:
-            parts.append(f"fc{layer.channels}")
-    return "-".join(parts)
-
-
-def accuracy_and_cycles(net, configs: list[tuple[int, int]], dataset: str | None = None,
-                        data_path: str | None = None, samples: int | None = None,
-                        chunk: int = 100) -> tuple[float, int, dict]:
-    """One golden run over the test set, timed by the cycle model for every (lanes, offsets):
-    (accuracy %, images, {(lanes, offsets): mean cycles per image})."""
-    from qpsnn.sim.cycle_model import timings_for
-
-    data = dataset_for(net, dataset, data_path)
-    images, labels = data.test.images, np.asarray(data.test.labels)
-    if samples is not None:
-        images, labels = images[:samples], labels[:samples]
-    geos = {c: geometry_of(net, *c) for c in configs}
-    cycles = {c: [] for c in configs}
-    correct = 0
-    for s in range(0, len(images), chunk):
-        golden = run_golden(net, torch.from_numpy(np.ascontiguousarray(images[s:s + chunk])), trace=True)
-        correct += int((golden.classes.numpy() == labels[s:s + chunk]).sum())
-        for c, geo in geos.items():
-            cycles[c] += [t.total for t in timings_for(geo, golden)]
-    return 100.0 * correct / len(images), len(images), {c: float(np.mean(v)) for c, v in cycles.items()}
+    """The spec string of a network as built (after pruning), e.g. c8-p2-c16-p2-fc10."""
+    return "-".join(LayerSpec(layer.kind, layer.channels, layer.pool).token() for layer in net.layers)
 
 
 def synth_resources(net, board: Board, lanes: int, offsets: int, clock_mhz: float, cache: Path | None = None) -> dict:
@@ -142,7 +111,7 @@ def mark_pareto(points: list[Point]) -> None:
 def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: list[int], clock_mhz: float,
           samples: int | None = None, synth: bool = False, cache: Path | None = None,
           dataset: str | None = None, data_path: str | None = None, progress=None) -> list[Point]:
-    from .board_build import DSP_RESERVE, host_design
+    from .board_build import encoder_products_fit, golden_cycles, host_design
     from .memory_plan import check_board_fits
 
     configs = [(p, o) for p in lanes for o in offsets]
@@ -151,11 +120,12 @@ def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: lis
         net = modelfile.load(path)
         widest = max(layer.channels for layer in net.layers)
         usable = [c for c in configs if c[0] < 2 * widest]  # more lanes than channels buy nothing
-        accuracy, n, cycles = accuracy_and_cycles(net, usable, dataset, data_path, samples)
+        _, accuracy, n, cycles = golden_cycles(net, usable, dataset, data_path, samples)
         for (p, o) in usable:
+            mean = float(np.mean(cycles[(p, o)]))
             point = Point(str(path), spec_of(net), "/".join(str(layer.bits) for layer in net.layers),
-                          net.timesteps, p, o, round(accuracy, 2), n, round(cycles[(p, o)], 1), clock_mhz,
-                          round(clock_mhz * 1e6 / cycles[(p, o)], 1))
+                          net.timesteps, p, o, round(accuracy, 2), n, round(mean, 1), clock_mhz,
+                          round(clock_mhz * 1e6 / mean, 1))
             design = host_design(net, board, p, o)
             try:
                 memory = check_board_fits(design, board)
@@ -169,7 +139,7 @@ def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: lis
                     point.fits, point.why = False, f"{point.logic} {board.logic_name} > {board.logic}"
                 elif board.dsp and point.dsp > board.dsp:
                     point.fits, point.why = False, f"{point.dsp} DSP blocks > {board.dsp}"
-            elif board.family == "ecp5" and p * o > board.dsp - DSP_RESERVE and point.fits:
+            elif not encoder_products_fit(board, p, o) and point.fits:
                 point.fits, point.why = False, f"{p * o} encoder multipliers > {board.dsp - DSP_RESERVE} DSP blocks"
             points.append(point)
             if progress:
