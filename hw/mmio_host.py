@@ -1,26 +1,25 @@
 """The accelerator behind a memory-mapped register window, for PCIe-class boards: the same command stream
-as the UART, through a command FIFO and a response FIFO behind four 32-bit registers.
-
-    0x0  ID      R  0x51505331 ("QPS1")
-    0x4  STATUS  R  [15:0] free bytes in the command FIFO, [31:16] bytes waiting in the response FIFO
-    0x8  CMD     W  push the low byte into the command FIFO (dropped when full: read STATUS first)
-    0xC  RESP    R  pop one byte: bit 8 set when a byte was there, [7:0] the byte
+as the UART, through a command FIFO and a response FIFO behind four 32-bit registers (the map:
+`qpsnn.sw.protocol.Reg`, ID, STATUS, CMD, RESP).
 
 A read returns its data on the cycle after ``r_en``. The driver (`qpsnn.sw.transport.MMIOTransport`) maps
 a PCI BAR with these registers at its start.
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Signal
+from amaranth import Module, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
+
+from qpsnn.sw import protocol as proto
 
 from .accelerator import Accelerator
 from .command_processor import CommandProcessor
 from .geometry import Capacities
+from .records import fields_layout
 
-ID_VALUE = 0x51505331
-REG_ID, REG_STATUS, REG_CMD, REG_RESP = 0x0, 0x4, 0x8, 0xC
+Status = fields_layout(proto.STATUS_FIELDS)
+VALID_BIT = proto.RESP_VALID.bit_length() - 1
 
 
 class MMIOHost(wiring.Component):
@@ -42,17 +41,19 @@ class MMIOHost(wiring.Component):
         wiring.connect(m, cmd.r_stream, processor.rx)
         wiring.connect(m, processor.tx, resp.w_stream)
         reg = self.addr[2:4]
-        m.d.comb += [cmd.w_data.eq(self.w_data[:8]), cmd.w_en.eq(self.w_en & (reg == REG_CMD >> 2))]
+        m.d.comb += [cmd.w_data.eq(self.w_data[:8]), cmd.w_en.eq(self.w_en & (reg == proto.Reg.CMD >> 2))]
+        status = Signal(Status)
+        m.d.comb += [status.free.eq(self.fifo_depth - cmd.w_level), status.waiting.eq(resp.r_level)]
         popped = Signal()
         with m.If(self.r_en):
             with m.Switch(reg):
-                with m.Case(REG_ID >> 2):
-                    m.d.sync += self.r_data.eq(ID_VALUE)
-                with m.Case(REG_STATUS >> 2):
-                    m.d.sync += self.r_data.eq(Cat((Const(self.fifo_depth, 16) - cmd.w_level)[:16], resp.r_level[:16]))
-                with m.Case(REG_CMD >> 2):
+                with m.Case(proto.Reg.ID >> 2):
+                    m.d.sync += self.r_data.eq(proto.MMIO_ID_VALUE)
+                with m.Case(proto.Reg.STATUS >> 2):
+                    m.d.sync += self.r_data.eq(status)
+                with m.Case(proto.Reg.CMD >> 2):
                     m.d.sync += self.r_data.eq(0)
-                with m.Case(REG_RESP >> 2):
+                with m.Case(proto.Reg.RESP >> 2):
                     m.d.comb += [resp.r_en.eq(1), popped.eq(resp.r_rdy)]
-                    m.d.sync += self.r_data.eq(Cat(resp.r_data, popped))
+                    m.d.sync += self.r_data.eq(resp.r_data | popped.replicate(1) << VALID_BIT)
         return m

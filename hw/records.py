@@ -5,7 +5,23 @@ from __future__ import annotations
 from amaranth import signed, unsigned
 from amaranth.lib import data
 
+from qpsnn.sw import protocol as proto
+
 ADDR_BITS = 24
+
+
+def fields_layout(fields) -> data.StructLayout:
+    """A `qpsnn.sw.protocol` field table as a layout: the bytes of a header, shifted in low byte first."""
+    return data.StructLayout({name: unsigned(bits) for name, bits in fields})
+
+
+FrameHeader = fields_layout(proto.FRAME_HEADER)  # a request's (code = command) or a reply's (code = status)
+# a request's command header: the first payload bytes, read as the command says
+CommandHeader = data.UnionLayout({"write": fields_layout(proto.WRITE_FIELDS), "read": fields_layout(proto.READ_FIELDS),
+                                  "run": fields_layout(proto.RUN_FIELDS),
+                                  "begin_load": fields_layout(proto.BEGIN_LOAD_FIELDS)})
+# a whole request in the frame buffer, and whether the receiver could trust it (OK, E_CRC, E_LENGTH, E_TIMEOUT)
+ReceivedFrame = data.StructLayout({"header": FrameHeader, "status": proto.Status})
 
 
 def trace_layout(lanes: int, value_bits: int) -> data.StructLayout:
@@ -17,8 +33,8 @@ def trace_layout(lanes: int, value_bits: int) -> data.StructLayout:
 
 def result_layout(classes: int, value_bits: int) -> data.StructLayout:
     """What a sample ends with: its class, the cycles it took, and every output potential."""
-    return data.StructLayout({"label": unsigned(16), "cycles": unsigned(32),
-                              "potentials": data.ArrayLayout(signed(value_bits), classes)})
+    fixed = {name: unsigned(bits) for name, bits in proto.RESULT_FIELDS}
+    return data.StructLayout({**fixed, "potentials": data.ArrayLayout(signed(value_bits), classes)})
 
 
 def field_slices(layout: data.StructLayout) -> dict[str, tuple[int, int]]:

@@ -93,8 +93,10 @@ def cmd_bench_link(args) -> int:
 
     report = check_link(args.file, args.frames, args.samples, args.seed, args.simulator)
     print(json.dumps(report, indent=1))
+    fuzz = report["fuzz"]
     ok = report["after"]["identify"] and report["after"]["agree"] == report["after"]["samples"] \
-        and report["fuzz"]["bad_replies"] == 0
+        and fuzz["bad_replies"] == 0 and fuzz["lockouts"] == fuzz["hangs"] == 0 \
+        and fuzz["checks_exact"] == fuzz["episodes"]
     return 0 if ok else 1
 
 
@@ -141,7 +143,8 @@ def register(sub) -> None:
                    help="the frame buffer in bytes (default 1024; the iCEBreaker build uses 512)")
     p.set_defaults(func=cmd_serve_sim)
 
-    p = sub.add_parser("bench-link", help="host link: every error reply, a cut frame, N fuzz frames, then samples")
+    p = sub.add_parser("bench-link", help="host link: every error reply, a cut frame, N fuzz frames in episodes "
+                                          "(clients leaving at random, each followed by a fresh client's exact check)")
     p.add_argument("file")
     p.add_argument("--frames", type=opt.frames, default=10000, help="fuzz frames (default 10,000; CI runs 1,000)")
     p.add_argument("--samples", type=opt.samples, default=4, help="samples classified after the fuzz")

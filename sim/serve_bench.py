@@ -1,6 +1,9 @@
 """cocotb bench behind `qpsnn serve-sim`: the UART top level with its RX/TX pins bridged to a TCP socket,
-or the register-window top level with register reads and writes bridged to one. Serves one client at a
-time until the process is stopped. The job comes in the file $QPSNN_BENCH_JOB."""
+or the register-window top level with register reads and writes bridged to one (the codec:
+`qpsnn.sw.protocol.bar_ops`). Serves one client at a time until the process is stopped; a second client
+meanwhile is told so (an E_BUSY reply, or BAR_BUSY) and hung up on. When a client leaves, the bytes it
+queued and not yet delivered are dropped, like a cable pulled: the device itself is not reset, the next
+client's driver resynchronises it. The job comes in the file $QPSNN_BENCH_JOB."""
 from __future__ import annotations
 
 import json
@@ -14,6 +17,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge, Timer
 
+from qpsnn.sw import protocol as proto
+
 from .uart_model import CLOCK_NS, UARTHostModel
 
 
@@ -21,7 +26,7 @@ def _listen(port: int) -> socket.socket:
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port))
-    srv.listen(1)
+    srv.listen(4)
     srv.setblocking(False)
     return srv
 
@@ -36,9 +41,24 @@ async def _reset(dut):
     await ClockCycles(dut.clk, 4)
 
 
-async def _serve_uart(dut, conn: socket.socket, uart: UARTHostModel) -> None:
+OPS_PER_TURN = 1024  # register operations between two looks at the client (has it left?)
+
+
+def _refuse_others(srv: socket.socket, busy: bytes) -> None:
+    """Any client that connects while one is served: one line of why, then hung up on."""
+    while select.select([srv], [], [], 0)[0]:
+        other, _ = srv.accept()
+        try:
+            other.sendall(busy)
+        except OSError:
+            pass
+        other.close()
+
+
+async def _serve_uart(dut, conn: socket.socket, uart: UARTHostModel, srv: socket.socket) -> None:
     quiet = 0
     while True:
+        _refuse_others(srv, proto.reply(proto.E_BUSY))
         readable, _, _ = select.select([conn], [], [], 0)
         if readable:
             data = conn.recv(65536)
@@ -56,23 +76,24 @@ async def _serve_uart(dut, conn: socket.socket, uart: UARTHostModel) -> None:
             time.sleep(0.001)
 
 
-async def _serve_mmio(dut, conn: socket.socket) -> None:
+async def _serve_mmio(dut, conn: socket.socket, srv: socket.socket) -> None:
     buf = b""
     while True:
+        _refuse_others(srv, proto.BAR_BUSY)
         wait = 0 if buf else 0.001
-        readable, _, _ = select.select([conn], [], [], wait)
-        if readable:
-            data = conn.recv(65536)
+        while select.select([conn], [], [], wait)[0]:  # everything the client sent so far
+            data = conn.recv(1 << 20)
             if not data:
-                return
+                return  # it left: the operations it queued are dropped, like a pulled cable's
             buf += data
+            wait = 0
         if not buf:
             await ClockCycles(dut.clk, 64)
             continue
         out = bytearray()
-        while len(buf) >= 9:
-            op, addr, value = buf[0:1], *struct.unpack_from("<II", buf, 1)
-            buf = buf[9:]
+        whole = min(len(buf) // proto.BAR_OP.size, OPS_PER_TURN) * proto.BAR_OP.size
+        ops, buf = proto.bar_ops(buf[:whole])[0], buf[whole:]
+        for op, addr, value in ops:
             dut.addr.value = addr
             if op == b"W":
                 dut.w_data.value, dut.w_en.value = value, 1
@@ -85,7 +106,7 @@ async def _serve_mmio(dut, conn: socket.socket) -> None:
                 await RisingEdge(dut.clk)
                 value = int(dut.r_data.value)
                 out += struct.pack("<I", value)
-                if addr == 0x4 and value >> 16 == 0:
+                if addr == proto.Reg.STATUS and proto.status_fields(value)[1] == 0:
                     await ClockCycles(dut.clk, 256)  # the host's polling interval: nothing to read yet
         if out:
             conn.sendall(bytes(out))
@@ -114,10 +135,12 @@ async def serve(dut):
         clients += 1
         try:
             if uart is not None:
-                await _serve_uart(dut, conn, uart)
+                await _serve_uart(dut, conn, uart, srv)
             else:
-                await _serve_mmio(dut, conn)
+                await _serve_mmio(dut, conn, srv)
         except (ConnectionError, OSError):
             pass
         finally:
             conn.close()
+            if uart is not None:
+                uart.flush()  # what the departed client queued never reaches the device

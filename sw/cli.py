@@ -252,6 +252,24 @@ def cmd_infer(args) -> int:
     return 0 if report.agree_with_golden == report.samples else 1
 
 
+def cmd_reset(args) -> int:
+    from .device import Device
+
+    with Device(args.device, timeout=args.timeout, retries=args.retries, baudrate=args.baudrate) as dev:
+        dev.resync()
+        info = dev.identify()
+    print(f"{args.device}: reset; ready (protocol v{info.version}, {len(info.layers)} layers, P={info.lanes})")
+    return 0
+
+
+def _add_link(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", required=True, type=opt.device_url, help="serial port or URL: /dev/ttyUSB1, socket://127.0.0.1:PORT, "
+                   "mmio+socket://127.0.0.1:PORT, mmio:///sys/bus/pci/devices/.../resource0")
+    p.add_argument("--timeout", type=opt.timeout, default=2.0, help="seconds to wait for each reply, in (0, 3600] (default 2)")
+    p.add_argument("--retries", type=opt.retries, default=3, help="resends of an unanswered request, 0..100 (default 3)")
+    p.add_argument("--baudrate", type=opt.baud, default=115200)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qpsnn", description="Quantized and pruned SNNs, from training to an FPGA accelerator.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
@@ -295,15 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="load a model into a device (board or serve-sim) and classify test images")
     p.add_argument("file")
-    p.add_argument("--device", required=True, type=opt.device_url, help="serial port or URL: /dev/ttyUSB1, socket://127.0.0.1:PORT, "
-                   "mmio+socket://127.0.0.1:PORT, mmio:///sys/bus/pci/devices/.../resource0")
+    _add_link(p)
     _add_data(p, default=None)
     p.add_argument("--samples", type=opt.samples, default=20, help="first N test images (default 20)")
-    p.add_argument("--timeout", type=opt.timeout, default=2.0, help="seconds to wait for each reply, in (0, 3600] (default 2)")
-    p.add_argument("--retries", type=opt.retries, default=3, help="resends of an unanswered request, 0..100 (default 3)")
-    p.add_argument("--baudrate", type=opt.baud, default=115200)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("reset", help="resynchronise a device whatever its last client left behind, and reset it "
+                                     "(every connection does this first; here on its own)")
+    _add_link(p)
+    p.set_defaults(func=cmd_reset)
 
     from qpsnn.hw.cli import register as register_hw  # these import no optional package: each command checks
     from qpsnn.sim.cli import register as register_sim  # its own extra when it runs (errors.require_extra)

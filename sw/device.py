@@ -1,19 +1,29 @@
 """The host driver: a `Device` loads a `.qpsnn` model into an accelerator and runs inference, over any
 transport of `qpsnn.sw.transport` (a serial port, the simulation's socket, a memory-mapped window).
 
-Every request waits at most ``timeout`` seconds for its reply and is sent again up to ``retries`` times when
-the reply is missing or damaged (or the device saw a damaged frame). Errors say what happened: no device,
-no answer, another protocol version, a model that does not fit, or the device's own error code.
+Every request carries a tag that its reply echoes; a reply with another tag is stale (its request came from
+a client that went away, or from a try that timed out) and is skipped. A request waits at most ``timeout``
+seconds for its reply and is sent again, with the same tag, up to ``retries`` times when the reply is
+missing or damaged (or the device saw a damaged frame).
+
+A connection opens with a resync, whatever the last client left behind: pending bytes are drained, then a
+RESET is sent until it is answered. A frame the device was half-way through is cut by the device's own
+time-out (the RESET's first try is swallowed by it, its retry lands), and the RESET abandons a half-sent
+sample and any result, so a client that left mid-RUN or mid-WRITE never locks the device out.
+
+Errors say what happened: no device, no answer, busy, another protocol version, a model that does not fit,
+or the device's own error code.
 """
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import protocol as proto
-from .errors import DeviceError, DeviceRefused, DeviceTimeout, ModelMismatchError, ProtocolVersionError, QpsnnError
+from .errors import DeviceBusy, DeviceError, DeviceRefused, DeviceTimeout, ModelMismatchError, ProtocolVersionError, QpsnnError
 from .geometry import geometry_of
 from .intnet import IntNet
 from .packing import pack_words
@@ -28,6 +38,7 @@ class LinkStats:
     bytes_received: int = 0
     frames: int = 0
     retries: int = 0
+    stale_replies: int = 0  # replies with another request's tag, skipped
 
 
 @dataclass
@@ -84,7 +95,7 @@ def run_payloads(image: np.ndarray, info: proto.DeviceInfo) -> list[bytes]:
     """The RUN payloads of one sample: its raw pixels in frame-sized chunks, each with its pixel offset."""
     pixels = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
     chunk = info.max_payload - proto.RUN_HEADER
-    return [offset.to_bytes(2, "little") + pixels[offset:offset + chunk] for offset in range(0, len(pixels), chunk)]
+    return [proto.run_payload(offset, pixels[offset:offset + chunk]) for offset in range(0, len(pixels), chunk)]
 
 
 class Device:
@@ -98,6 +109,8 @@ class Device:
         self.parser = proto.ReplyParser()
         self.stats = LinkStats()
         self._info: proto.DeviceInfo | None = None
+        self._tag = secrets.randbelow(256)  # a new client's tags differ from a departed one's
+        self._synced = False
 
     # ------------------------------------------------------------------ plumbing
     def __enter__(self) -> "Device":
@@ -109,8 +122,8 @@ class Device:
     def close(self) -> None:
         self.transport.close()
 
-    def _exchange(self, frame: bytes, timeout: float):
-        """Send one frame, return (status, payload) of its reply, or None when none came in time."""
+    def _exchange(self, frame: bytes, tag: int, timeout: float) -> proto.Reply | None:
+        """Send one frame, return its reply (or a damaged one), or None when none came in time."""
         self.transport.discard_input()
         self.parser = proto.ReplyParser()
         self.transport.write(frame)
@@ -119,6 +132,11 @@ class Device:
         deadline = time.monotonic() + timeout
         while True:
             reply = self.parser.take()
+            if reply is not None and reply.status == proto.E_BUSY:
+                raise DeviceBusy(f"{self.url}: {proto.ERRORS[proto.E_BUSY]}")
+            if reply is not None and reply.status is not None and reply.tag != tag:
+                self.stats.stale_replies += 1
+                continue
             if reply is not None:
                 return reply
             if time.monotonic() >= deadline:
@@ -127,30 +145,40 @@ class Device:
             self.stats.bytes_received += len(data)
             self.parser.feed(data)
 
+    def resync(self) -> None:
+        """Leave the device ready whatever state the last client left it in: drain, then RESET until answered."""
+        self._synced = True
+        self.transport.discard_input()
+        self.request(proto.RESET)
+
     def request(self, cmd: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
         """One command with retries; the payload of its OK reply, or `DeviceRefused` with the device's code."""
-        frame = proto.request(cmd, payload)
+        if not self._synced:
+            self.resync()
+        self._tag = (self._tag + 1) % 256
+        tag = self._tag
+        frame = proto.request(cmd, payload, tag)
         name = proto.COMMANDS.get(cmd, f"command {cmd:#x}")
         what = "no reply"
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
-            reply = self._exchange(frame, timeout or self.timeout)
+            reply = self._exchange(frame, tag, timeout or self.timeout)
             if reply is None:
                 what = "no reply"
                 continue
-            status, body = reply
-            if status is None:
+            if reply.status is None:
                 what = "a damaged reply (bad CRC)"
                 continue
-            if status in RETRYABLE:
-                what = f"error code {status} ({proto.ERRORS[status]})"
+            if reply.status in RETRYABLE:
+                what = f"error code {reply.status} ({proto.ERRORS[reply.status]})"
                 continue
-            if status != proto.OK:
-                raise DeviceRefused(name, status, proto.ERRORS.get(status, "unknown error code"))
-            return body
+            if reply.status != proto.OK:
+                raise DeviceRefused(name, reply.status, proto.ERRORS.get(reply.status, "unknown error code"))
+            return reply.payload
         raise DeviceTimeout(f"{name}: {what} from {self.url} within {timeout or self.timeout:g} s, "
-                            f"{self.retries + 1} tries; is the device there and running the qpsnn bitstream?")
+                            f"{self.retries + 1} tries; is the device there and running the qpsnn bitstream "
+                            f"(host protocol v{proto.VERSION})?")
 
     # ------------------------------------------------------------------ commands
     def identify(self) -> proto.DeviceInfo:

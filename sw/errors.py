@@ -25,6 +25,10 @@ class NoDeviceError(DeviceError):
     """Nothing to talk to at the URL: the port does not exist, is closed or is busy."""
 
 
+class DeviceBusy(DeviceError):
+    """The device (a serve-sim link) is serving another client."""
+
+
 class DeviceTimeout(DeviceError):
     """The device did not answer (or not correctly) within the time-out, after the allowed retries."""
 

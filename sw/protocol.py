@@ -1,34 +1,63 @@
-"""The host protocol (contract 3): framing, commands, error codes and the identify record.
+"""The host protocol (contract 3): framing, commands, regions, error codes, header and result layouts, the
+identify record, and the register window with its simulated-BAR codec.
 
-One module read by the RTL generator (`hw/command_processor.py`), the driver (`sw/device.py`) and the
-benches, so the three cannot drift apart.
+One module, free of amaranth, read by the RTL generator (`hw/frame_receiver.py` and its siblings build their
+`data` layouts from the field tables here), the driver (`sw/device.py`, `sw/transport.py`) and the benches,
+so none of them can drift from the others.
 
-Request: ``A5 | cmd | len (2, LE) | payload | crc (2, BE)``; reply: ``5A | status | len | payload | crc``.
-The CRC is CRC-16/CCITT-FALSE over every byte after the start byte, sent high byte first so that the
-receiver's CRC register ends on the residue 0. Status 0 is success; any other status is an error code and
-the reply's payload is empty.
+Request: ``A5 | cmd | tag | len (2, LE) | payload | crc (2, BE)``; reply: ``5A | status | tag | len | payload |
+crc``. The reply echoes the request's tag, so a driver can tell its reply from a stale one (a reply to a
+request whose client went away). The CRC is CRC-16/CCITT-FALSE over every byte after the start byte, sent
+high byte first so that the receiver's CRC register ends on the residue 0. Status 0 is success; any other
+status is an error code and the reply's payload is empty.
 """
 from __future__ import annotations
 
 import struct
 import zlib
 from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
 
-VERSION = 2  # 2: the identify record says whether conv layers are kernel-parallel (offsets)
+VERSION = 3  # 3: a tag byte in every frame, echoed by its reply; E_BUSY. 2: kernel-parallel conv (offsets)
 REQUEST_SOF = 0xA5
 REPLY_SOF = 0x5A
 MAGIC = b"QPSN"
 
-# commands
-IDENTIFY, RESET, WRITE, READ, RUN, RESULT, BEGIN_LOAD = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
-COMMANDS = {IDENTIFY: "identify", RESET: "reset", WRITE: "write", READ: "read", RUN: "run", RESULT: "result",
-            BEGIN_LOAD: "begin-load"}
 
-# memory regions of a layer, as the WRITE / READ address them
-REGION_WEIGHTS, REGION_THRESHOLD, REGION_BIAS = 0, 1, 2
+class Command(IntEnum):
+    IDENTIFY = 0x01
+    RESET = 0x02
+    WRITE = 0x03
+    READ = 0x04
+    RUN = 0x05
+    RESULT = 0x06
+    BEGIN_LOAD = 0x07
 
-# status codes
-OK, E_CRC, E_UNKNOWN, E_LENGTH, E_TIMEOUT, E_RANGE, E_MODEL, E_STATE = range(8)
+
+class Region(IntEnum):
+    """A layer's memories, as WRITE and READ address them (amaranth takes the enum as a shape)."""
+    WEIGHTS = 0
+    THRESHOLD = 1
+    BIAS = 2
+
+
+class Status(IntEnum):
+    OK = 0
+    E_CRC = 1
+    E_UNKNOWN = 2
+    E_LENGTH = 3
+    E_TIMEOUT = 4
+    E_RANGE = 5
+    E_MODEL = 6
+    E_STATE = 7
+    E_BUSY = 8  # not from the RTL: a link (serve-sim) already serving another client says so and hangs up
+
+
+IDENTIFY, RESET, WRITE, READ, RUN, RESULT, BEGIN_LOAD = Command
+COMMANDS = {c: c.name.lower().replace("_", "-") for c in Command}
+REGION_WEIGHTS, REGION_THRESHOLD, REGION_BIAS = Region
+OK, E_CRC, E_UNKNOWN, E_LENGTH, E_TIMEOUT, E_RANGE, E_MODEL, E_STATE, E_BUSY = Status
 ERRORS = {
     E_CRC: "the frame's CRC did not match",
     E_UNKNOWN: "unknown command",
@@ -37,12 +66,73 @@ ERRORS = {
     E_RANGE: "address out of range (layer, region or word beyond the memory)",
     E_MODEL: "the model does not fit this accelerator (geometry fingerprint differs)",
     E_STATE: "command out of sequence (sample chunk at the wrong offset, or no result yet)",
+    E_BUSY: "busy: one client at a time (another client is connected)",
 }
 
-WRITE_HEADER = 5  # layer, region, addr (3 bytes LE)
-READ_PAYLOAD = 7  # layer, region, addr (3), count (2)
-RUN_HEADER = 2  # pixel offset (2 bytes LE)
-RESULT_FIXED = 6  # class (2), cycles (4); then one int32 potential per class
+# Field tables, (name, bits), little-endian on the wire in this order. The RTL builds data.StructLayouts from
+# them (`hw/records.py`); the driver packs with the helpers below.
+FRAME_HEADER = (("code", 8), ("tag", 8), ("length", 16))  # after the start byte: cmd or status, tag, length
+WRITE_FIELDS = (("layer", 8), ("region", 8), ("addr", 24))  # then whole words
+READ_FIELDS = WRITE_FIELDS + (("count", 16),)
+RUN_FIELDS = (("offset", 16),)  # then raw pixels
+BEGIN_LOAD_FIELDS = (("fingerprint", 32),)
+RESULT_FIELDS = (("label", 16), ("cycles", 32))  # then one int32 potential per class
+POTENTIAL_BITS = 32
+
+
+def field_bytes(fields) -> int:
+    return sum(bits for _, bits in fields) // 8
+
+
+def pack_fields(fields, **values) -> bytes:
+    return b"".join(int(values[name]).to_bytes(bits // 8, "little") for name, bits in fields)
+
+
+FRAME_BYTES = 1 + field_bytes(FRAME_HEADER) + 2  # start, header, CRC around every payload
+WRITE_HEADER = field_bytes(WRITE_FIELDS)
+READ_PAYLOAD = field_bytes(READ_FIELDS)
+RUN_HEADER = field_bytes(RUN_FIELDS)
+BEGIN_LOAD_PAYLOAD = field_bytes(BEGIN_LOAD_FIELDS)
+RESULT_FIXED = field_bytes(RESULT_FIELDS)
+
+# The register window (`hw/mmio_host.py`): the same byte stream through two FIFOs behind 32-bit registers.
+
+
+class Reg(IntEnum):
+    ID = 0x0  # R: MMIO_ID_VALUE
+    STATUS = 0x4  # R: [15:0] free bytes in the command FIFO, [31:16] bytes waiting in the response FIFO
+    CMD = 0x8  # W: push the low byte into the command FIFO (dropped when full: read STATUS first)
+    RESP = 0xC  # R: pop one byte: bit RESP_VALID set when a byte was there, [7:0] the byte
+
+
+MMIO_ID_VALUE = 0x51505331  # "QPS1"
+STATUS_FIELDS = (("free", 16), ("waiting", 16))  # STATUS: command FIFO space, response FIFO bytes
+RESP_VALID = 1 << 8
+
+
+def status_fields(value: int) -> tuple[int, int]:
+    """(free, waiting) from a STATUS read."""
+    return value & 0xFFFF, value >> 16
+
+# The simulated BAR of `qpsnn serve-sim --link mmio` over TCP: ``W addr data`` (no answer) and ``R addr``
+# (answered with the 32-bit value), little-endian. A server already serving a client sends BAR_BUSY instead
+# of any answer and hangs up.
+BAR_OP = struct.Struct("<cII")
+BAR_BUSY = b"BUSY"  # as a 32-bit read, 0x59535542: neither the ID nor a possible STATUS or RESP value
+
+
+def bar_write(addr: int, value: int) -> bytes:
+    return BAR_OP.pack(b"W", addr, value)
+
+
+def bar_read(addr: int) -> bytes:
+    return BAR_OP.pack(b"R", addr, 0)
+
+
+def bar_ops(buf: bytes) -> tuple[list[tuple[bytes, int, int]], bytes]:
+    """The whole operations at the start of ``buf`` and the bytes left over."""
+    n = len(buf) // BAR_OP.size
+    return [BAR_OP.unpack_from(buf, i * BAR_OP.size) for i in range(n)], buf[n * BAR_OP.size:]
 
 
 def crc16(data: bytes) -> int:
@@ -55,17 +145,17 @@ def crc16(data: bytes) -> int:
     return crc
 
 
-def frame(sof: int, code: int, payload: bytes = b"") -> bytes:
-    body = bytes([code]) + struct.pack("<H", len(payload)) + payload
+def frame(sof: int, code: int, payload: bytes = b"", tag: int = 0) -> bytes:
+    body = pack_fields(FRAME_HEADER, code=code, tag=tag, length=len(payload)) + payload
     return bytes([sof]) + body + struct.pack(">H", crc16(body))
 
 
-def request(cmd: int, payload: bytes = b"") -> bytes:
-    return frame(REQUEST_SOF, cmd, payload)
+def request(cmd: int, payload: bytes = b"", tag: int = 0) -> bytes:
+    return frame(REQUEST_SOF, cmd, payload, tag)
 
 
-def reply(status: int, payload: bytes = b"") -> bytes:
-    return frame(REPLY_SOF, status, payload)
+def reply(status: int, payload: bytes = b"", tag: int = 0) -> bytes:
+    return frame(REPLY_SOF, status, payload, tag)
 
 
 def word_bytes(data_bits: int) -> int:
@@ -73,12 +163,16 @@ def word_bytes(data_bits: int) -> int:
 
 
 def write_payload(layer: int, region: int, addr: int, words: list[int], nbytes: int) -> bytes:
-    head = bytes([layer, region]) + addr.to_bytes(3, "little")
+    head = pack_fields(WRITE_FIELDS, layer=layer, region=region, addr=addr)
     return head + b"".join(int(w).to_bytes(nbytes, "little") for w in words)
 
 
 def read_payload(layer: int, region: int, addr: int, count: int) -> bytes:
-    return bytes([layer, region]) + addr.to_bytes(3, "little") + struct.pack("<H", count)
+    return pack_fields(READ_FIELDS, layer=layer, region=region, addr=addr, count=count)
+
+
+def run_payload(offset: int, pixels: bytes) -> bytes:
+    return pack_fields(RUN_FIELDS, offset=offset) + pixels
 
 
 @dataclass(frozen=True)
@@ -158,24 +252,31 @@ def sample_bytes(pixels: int, classes: int, max_payload: int) -> int:
     the result reply."""
     chunk = max_payload - RUN_HEADER
     chunks = -(-pixels // chunk)
-    frame = len(request(RUN))  # framing around a payload
-    return chunks * frame + pixels + chunks * RUN_HEADER + (chunks - 1) * frame + frame + RESULT_FIXED + 4 * classes
+    return (chunks * FRAME_BYTES + pixels + chunks * RUN_HEADER + (chunks - 1) * FRAME_BYTES + FRAME_BYTES
+            + RESULT_FIXED + POTENTIAL_BITS // 8 * classes)
 
 
 def decode_result(payload: bytes, classes: int) -> tuple[int, int, list[int]]:
     """(class, cycles, potentials) from a RUN or RESULT reply."""
-    if len(payload) != RESULT_FIXED + 4 * classes:
-        raise ValueError(f"result of {len(payload)} bytes, expected {RESULT_FIXED + 4 * classes}")
+    size = RESULT_FIXED + POTENTIAL_BITS // 8 * classes
+    if len(payload) != size:
+        raise ValueError(f"result of {len(payload)} bytes, expected {size}")
     cls, cycles = struct.unpack_from("<HI", payload, 0)
     pots = list(struct.unpack_from(f"<{classes}i", payload, RESULT_FIXED))
     return cls, cycles, pots
 
 
+class Reply(NamedTuple):
+    status: int | None  # None: the reply's CRC failed (``payload`` is then the raw frame)
+    payload: bytes
+    tag: int | None
+
+
 class ReplyParser:
     """Incremental reply parser for the driver: feed bytes, take complete, CRC-checked replies.
 
-    Bytes before a start byte are skipped; a reply with a bad CRC is reported as ``(None, raw)`` so the
-    caller can retry."""
+    Bytes before a start byte are skipped; a reply with a bad CRC comes out as ``Reply(None, raw, None)`` so
+    the caller can retry."""
 
     def __init__(self):
         self.buf = bytearray()
@@ -183,25 +284,26 @@ class ReplyParser:
     def feed(self, data: bytes) -> None:
         self.buf += data
 
-    def take(self):
+    def take(self) -> Reply | None:
+        head = field_bytes(FRAME_HEADER)
         while True:
             start = self.buf.find(bytes([REPLY_SOF]))
             if start < 0:
                 self.buf.clear()
                 return None
             del self.buf[:start]
-            if len(self.buf) < 4:
+            if len(self.buf) < 1 + head:
                 return None
-            n = struct.unpack_from("<H", self.buf, 2)[0]
-            if len(self.buf) < 6 + n:
+            n = struct.unpack_from("<H", self.buf, 3)[0]
+            if len(self.buf) < FRAME_BYTES + n:
                 return None
-            raw = bytes(self.buf[:6 + n])
-            body, crc = raw[1:4 + n], struct.unpack(">H", raw[4 + n:6 + n])[0]
+            raw = bytes(self.buf[:FRAME_BYTES + n])
+            body, crc = raw[1:1 + head + n], struct.unpack(">H", raw[1 + head + n:])[0]
             if crc16(body) != crc:
                 del self.buf[:1]  # resynchronise on the next start byte
-                return (None, raw)
-            del self.buf[:6 + n]
-            return (raw[1], raw[4:4 + n])
+                return Reply(None, raw, None)
+            del self.buf[:FRAME_BYTES + n]
+            return Reply(raw[1], raw[1 + head:1 + head + n], raw[2])
 
 
 def fingerprint_bytes(value: int) -> bytes:

@@ -12,11 +12,8 @@ import socket
 import struct
 import time
 
-from .errors import DeviceTimeout, NoDeviceError
-
-# register window (see hw/mmio_host.py)
-MMIO_ID, MMIO_STATUS, MMIO_CMD, MMIO_RESP = 0x0, 0x4, 0x8, 0xC
-MMIO_ID_VALUE = 0x51505331
+from . import protocol as proto
+from .errors import DeviceBusy, DeviceTimeout, NoDeviceError
 
 
 class SerialTransport:
@@ -87,8 +84,8 @@ class SysfsBAR:
 
 
 class SocketBAR:
-    """The simulated register window of ``qpsnn serve-sim --mmio``: ``W addr data`` (no answer) and
-    ``R addr`` (answered with the 32-bit value), little-endian, over TCP. Writes are pipelined."""
+    """The simulated register window of ``qpsnn serve-sim --link mmio`` over TCP (the codec:
+    `qpsnn.sw.protocol.bar_write` / `bar_read`). Writes are pipelined."""
 
     def __init__(self, host: str, port: int, timeout: float = 5.0):
         try:
@@ -100,16 +97,16 @@ class SocketBAR:
         self.where = f"{host}:{port}"
 
     def write32(self, addr: int, value: int) -> None:
-        self.sock.sendall(b"W" + struct.pack("<II", addr, value))
+        self.sock.sendall(proto.bar_write(addr, value))
 
     def write32_many(self, addr: int, values) -> None:
-        self.sock.sendall(b"".join(b"W" + struct.pack("<II", addr, v) for v in values))
+        self.sock.sendall(b"".join(proto.bar_write(addr, v) for v in values))
 
     def read32(self, addr: int) -> int:
         return self.read32_many(addr, 1)[0]
 
     def read32_many(self, addr: int, n: int) -> list[int]:
-        self.sock.sendall((b"R" + struct.pack("<II", addr, 0)) * n)
+        self.sock.sendall(proto.bar_read(addr) * n)
         data = b""
         try:
             while len(data) < 4 * n:
@@ -117,6 +114,8 @@ class SocketBAR:
                 if not chunk:
                     raise NoDeviceError(f"the simulated register window at {self.where} closed the connection")
                 data += chunk
+                if data.startswith(proto.BAR_BUSY):  # no register of the window reads as this
+                    raise DeviceBusy(f"mmio+socket://{self.where}: {proto.ERRORS[proto.E_BUSY]}")
         except socket.timeout:
             raise DeviceTimeout(f"the simulated register window at {self.where} did not answer a read") from None
         return list(struct.unpack(f"<{n}I", data))
@@ -130,28 +129,28 @@ class MMIOTransport:
 
     def __init__(self, bar):
         self.bar = bar
-        ident = bar.read32(MMIO_ID)
-        if ident != MMIO_ID_VALUE:
+        ident = bar.read32(proto.Reg.ID)
+        if ident != proto.MMIO_ID_VALUE:
             raise NoDeviceError(f"the register window does not hold a qpsnn accelerator (ID {ident:#010x}, "
-                                f"expected {MMIO_ID_VALUE:#010x})")
+                                f"expected {proto.MMIO_ID_VALUE:#010x})")
 
     def _many_write(self, values) -> None:
         if hasattr(self.bar, "write32_many"):
-            self.bar.write32_many(MMIO_CMD, values)
+            self.bar.write32_many(proto.Reg.CMD, values)
         else:
             for v in values:
-                self.bar.write32(MMIO_CMD, v)
+                self.bar.write32(proto.Reg.CMD, v)
 
     def _many_read(self, n: int) -> list[int]:
         if hasattr(self.bar, "read32_many"):
-            return self.bar.read32_many(MMIO_RESP, n)
-        return [self.bar.read32(MMIO_RESP) for _ in range(n)]
+            return self.bar.read32_many(proto.Reg.RESP, n)
+        return [self.bar.read32(proto.Reg.RESP) for _ in range(n)]
 
     def write(self, data: bytes, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         pos = 0
         while pos < len(data):
-            free = self.bar.read32(MMIO_STATUS) & 0xFFFF
+            free, _ = proto.status_fields(self.bar.read32(proto.Reg.STATUS))
             if free == 0:
                 if time.monotonic() > deadline:
                     raise DeviceTimeout("the device's command FIFO stayed full")
@@ -163,9 +162,9 @@ class MMIOTransport:
 
     def read(self, deadline: float) -> bytes:
         while True:
-            level = self.bar.read32(MMIO_STATUS) >> 16
+            _, level = proto.status_fields(self.bar.read32(proto.Reg.STATUS))
             if level:
-                return bytes(v & 0xFF for v in self._many_read(level) if v & 0x100)
+                return bytes(v & 0xFF for v in self._many_read(level) if v & proto.RESP_VALID)
             if time.monotonic() >= deadline:
                 return b""
             time.sleep(0.0002)

@@ -169,6 +169,14 @@ CASES = [
     (["infer", "MODEL", "--device", "missing-tty"], "No such file"),
     (["infer", "MODEL", "--device", "TEXT"], "not a serial port"),
     (["infer", "FIFO", "--device", "loop://"], "not a regular file"),
+    # reset
+    (["reset"], "--device"),
+    (["reset", "--device", "loop://", "--timeout", "0"], "--timeout"),
+    (["reset", "--device", "loop://", "--retries", "-1"], "--retries"),
+    (["reset", "--device", "bogus://x"], "unknown scheme"),
+    (["reset", "--device", "socket://127.0.0.1:70000"], "HOST:PORT"),
+    (["reset", "--device", "missing-tty"], "No such file"),
+    (["reset", "--device", "loop://", "--timeout", "0.2", "--retries", "0"], "reset: "),
     # sim
     (["sim", "MODEL", "--lanes", "3"], "--lanes: 3"),
     (["sim", "MODEL", "--lanes", "1024"], "--lanes: 1024"),

@@ -48,7 +48,7 @@ def test_memory_plan_reads_every_memory_of_the_design():
     assert {f"processor.accel.layer1.membrane{k}" for k in range(9)} <= names
     assert {f"processor.accel.layer1.weights.offset{k}.mem" for k in range(9)} <= names
     assert {f"processor.accel.layer1.queue.fifo{t}.storage" for t in range(4)} <= names
-    assert "processor.buf" in names and not any("layer0.membrane" in n for n in names)
+    assert "processor.buffer" in names and not any("layer0.membrane" in n for n in names)
 
 
 def test_cli_build_refuses_before_any_tool_runs(tmp_path, capsys, monkeypatch):

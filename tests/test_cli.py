@@ -72,7 +72,7 @@ def test_inspect_json_has_the_manifest(capsys, trained_digits):
     assert len(layers[1]["kept_channels"]) == 8  # c16 pruned by half
 
 
-COMMANDS = {"demo", "train", "eval", "inspect", "ablate", "infer", "sim", "serve-sim", "bench-link", "bench-density",
+COMMANDS = {"demo", "train", "eval", "inspect", "ablate", "infer", "reset", "sim", "serve-sim", "bench-link", "bench-density",
             "build", "sweep", "flash", "export-nir", "import-nir"}
 
 

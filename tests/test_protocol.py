@@ -18,21 +18,36 @@ def test_crc_matches_amaranth_catalog():
 
 
 def test_frame_layout_and_residue():
-    frame = proto.request(proto.WRITE, b"\x01\x02\x03")
-    assert frame[:4] == bytes([0xA5, proto.WRITE, 3, 0]) and frame[4:7] == b"\x01\x02\x03"
+    frame = proto.request(proto.WRITE, b"\x01\x02\x03", tag=0x9C)
+    assert frame[:5] == bytes([0xA5, proto.WRITE, 0x9C, 3, 0]) and frame[5:8] == b"\x01\x02\x03"
+    assert len(frame) == proto.FRAME_BYTES + 3
     assert proto.crc16(frame[1:]) == 0  # CRC sent high byte first: the receiver ends on residue 0
 
 
 def test_reply_parser_skips_noise_and_reports_damage():
-    good = proto.reply(proto.OK, b"hello")
+    good = proto.reply(proto.OK, b"hello", tag=200)
     bad = bytearray(proto.reply(proto.E_RANGE))
     bad[-1] ^= 1
     parser = proto.ReplyParser()
     parser.feed(b"\x00\x13" + bytes(bad) + good[:5])
-    assert parser.take() == (None, bytes(bad))
+    assert parser.take() == (None, bytes(bad), None)
     assert parser.take() is None  # the good reply is not complete yet
     parser.feed(good[5:])
-    assert parser.take() == (proto.OK, b"hello")
+    assert parser.take() == proto.Reply(proto.OK, b"hello", 200)
+
+
+def test_enums_are_the_module_constants_and_field_tables_add_up():
+    assert proto.WRITE is proto.Command.WRITE and proto.REGION_BIAS is proto.Region.BIAS
+    assert proto.E_BUSY == proto.Status.E_BUSY and set(proto.ERRORS) == set(proto.Status) - {proto.OK}
+    assert (proto.WRITE_HEADER, proto.READ_PAYLOAD, proto.RUN_HEADER, proto.RESULT_FIXED) == (5, 7, 2, 6)
+    assert proto.read_payload(1, 2, 0x030405, 9) == bytes([1, 2, 5, 4, 3, 9, 0])
+
+
+def test_bar_codec_round_trips_and_keeps_a_partial_operation():
+    wire = proto.bar_write(proto.Reg.CMD, 0xA5) + proto.bar_read(proto.Reg.STATUS)
+    ops, rest = proto.bar_ops(wire + b"W\x08")
+    assert ops == [(b"W", proto.Reg.CMD, 0xA5), (b"R", proto.Reg.STATUS, 0)] and rest == b"W\x08"
+    assert proto.status_fields(0x0003_00FF) == (0xFF, 3)
 
 
 def test_device_info_round_trip():

@@ -3,8 +3,10 @@ register-window transport's byte pumping against an in-memory window, and bad UR
 import pytest
 
 from qpsnn.sw.errors import NoDeviceError
-from qpsnn.sw.transport import (MMIO_CMD, MMIO_ID, MMIO_ID_VALUE, MMIO_RESP, MMIO_STATUS, MMIOTransport, SysfsBAR,
-                                open_transport)
+from qpsnn.sw.protocol import MMIO_ID_VALUE, Reg
+from qpsnn.sw.transport import MMIOTransport, SysfsBAR, open_transport
+
+MMIO_ID, MMIO_STATUS, MMIO_CMD, MMIO_RESP = Reg.ID, Reg.STATUS, Reg.CMD, Reg.RESP
 
 
 def test_sysfs_bar_maps_a_resource_file(tmp_path):
