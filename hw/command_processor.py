@@ -22,12 +22,13 @@ from qpsnn.sw import protocol as proto
 
 from .accelerator import Accelerator
 from .buffer_reader import BufferReader
-from .dispatcher import Body, Dispatcher, Route
+from .dispatcher import Dispatcher
 from .frame_receiver import FrameReceiver
 from .frame_transmitter import FrameTransmitter
 from .geometry import Capacities
 from .memory_access import MemoryAccess
 from .pixel_feeder import PixelFeeder
+from .records import Body, Route
 
 
 def device_info(accel: Accelerator, capacities: Capacities, max_payload: int) -> proto.DeviceInfo:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 
 from amaranth import Module, Mux, Signal
-from amaranth.lib import enum
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -15,25 +14,10 @@ from qpsnn.sw import protocol as proto
 
 from .memory_access import AccessDone, AccessRequest
 from .pixel_feeder import ChunkDone
-from .records import CommandHeader, FrameHeader, ReceivedFrame
+from .records import Body, CommandHeader, FrameHeader, ReceivedFrame, Route
 
 HEADER_BYTES = {proto.BEGIN_LOAD: proto.BEGIN_LOAD_PAYLOAD, proto.WRITE: proto.WRITE_HEADER,
                 proto.READ: proto.READ_PAYLOAD, proto.RUN: proto.RUN_HEADER}
-
-
-class Route(enum.Enum, shape=2):
-    """Where the frame buffer's payload bytes go."""
-    HEADER = 0
-    WRITE = 1
-    PIXELS = 2
-
-
-class Body(enum.Enum, shape=2):
-    """Where a reply's body bytes come from."""
-    NONE = 0
-    IDENTIFY = 1
-    MEMORY = 2
-    RESULT = 3
 
 
 class Dispatcher(wiring.Component):

@@ -21,7 +21,7 @@ ChunkDone = data.StructLayout({"sample_done": 1})
 
 class PixelFeeder(wiring.Component):
     """``chunk``: pixels to take from ``data`` (a count); ``pixels``: into the accelerator; ``result``: from
-    it; ``body``: the kept result's bytes, from the first after each ``restart``. RESET resets it (a
+    it (its class and potentials held by the accelerator until the next sample); ``body``: the result's bytes, from the first after each ``restart``. RESET resets it (a
     `ResetInserter`), which forgets the open sample and the kept result."""
 
     def __init__(self, pixels: int, classes: int, value_bits: int):
@@ -38,10 +38,14 @@ class PixelFeeder(wiring.Component):
         m = Module()
         left = Signal(16)
         res = self.result.payload
-        kept = Signal(self.result_bytes * 8)
+        # the accelerator holds its result's class and potentials until the next sample's last scan (a RUN
+        # that starts one clears have_result first); only the cycle counter restarts, so only it is kept here
+        cycles = Signal(res.cycles.shape())
         fields = [Signal(bits, name=name) for name, bits in proto.RESULT_FIELDS]
         fields += [Signal(proto.POTENTIAL_BITS, name=f"potential{i}") for i in range(len(res.potentials))]
-        m.d.comb += [f.eq(v) for f, v in zip(fields, [res[name] for name, _ in proto.RESULT_FIELDS] + list(res.potentials))]
+        m.d.comb += [f.eq(v) for f, v in zip(fields, [cycles if name == "cycles" else res[name]
+                                                      for name, _ in proto.RESULT_FIELDS] + list(res.potentials))]
+        kept = Cat(*fields)
         m.d.comb += self.pixels.payload.eq(self.data.payload)
         index = Signal(range(self.result_bytes + 1))
         m.d.comb += [self.body.valid.eq(1), self.body.payload.eq(Array(kept.word_select(i, 8)
@@ -74,7 +78,7 @@ class PixelFeeder(wiring.Component):
             with m.State("WAIT_RESULT"):
                 m.d.comb += self.result.ready.eq(1)
                 with m.If(self.result.valid):
-                    m.d.sync += [kept.eq(Cat(*fields)), self.position.eq(0), self.have_result.eq(1)]
+                    m.d.sync += [cycles.eq(res.cycles), self.position.eq(0), self.have_result.eq(1)]
                     m.next = "SAMPLE_DONE"
             with m.State("SAMPLE_DONE"):
                 m.d.comb += [self.done.valid.eq(1), self.done.payload.sample_done.eq(1)]

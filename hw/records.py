@@ -3,7 +3,7 @@ the same bits (`sim/bench_accelerator.py` reads fields by these layouts' offsets
 from __future__ import annotations
 
 from amaranth import signed, unsigned
-from amaranth.lib import data
+from amaranth.lib import data, enum
 
 from qpsnn.sw import protocol as proto
 
@@ -22,6 +22,21 @@ CommandHeader = data.UnionLayout({"write": fields_layout(proto.WRITE_FIELDS), "r
                                   "begin_load": fields_layout(proto.BEGIN_LOAD_FIELDS)})
 # a whole request in the frame buffer, and whether the receiver could trust it (OK, E_CRC, E_LENGTH, E_TIMEOUT)
 ReceivedFrame = data.StructLayout({"header": FrameHeader, "status": proto.Status})
+
+
+class Route(enum.Enum, shape=2):
+    """Where the frame buffer's payload bytes go."""
+    HEADER = 0
+    WRITE = 1
+    PIXELS = 2
+
+
+class Body(enum.Enum, shape=2):
+    """Where a reply's body bytes come from."""
+    NONE = 0
+    IDENTIFY = 1
+    MEMORY = 2
+    RESULT = 3
 
 
 def trace_layout(lanes: int, value_bits: int) -> data.StructLayout:

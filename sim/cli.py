@@ -95,6 +95,7 @@ def cmd_bench_link(args) -> int:
     print(json.dumps(report, indent=1))
     fuzz = report["fuzz"]
     ok = report["after"]["identify"] and report["after"]["agree"] == report["after"]["samples"] \
+        and report["after"]["result_again"] \
         and fuzz["bad_replies"] == 0 and fuzz["lockouts"] == fuzz["hangs"] == 0 \
         and fuzz["checks_exact"] == fuzz["episodes"]
     return 0 if ok else 1

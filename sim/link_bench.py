@@ -253,10 +253,14 @@ async def host_link(dut):
     # ---- afterwards: identify, and samples classify like the golden model
     r = await link.request(proto.IDENTIFY)
     report["after"]["identify"] = r is not None and r[0] == proto.OK and r[1] == info.to_bytes()
-    agree = 0
+    agree, last = 0, None
     for n in range(len(images)):
-        if _agrees(await run_sample(link, images[n], info), golden, n):
+        last = await run_sample(link, images[n], info)
+        if _agrees(last, golden, n):
             agree += 1
     report["after"]["samples"], report["after"]["agree"] = len(images), agree
+    r = await link.call(proto.RESULT)  # the last result again, as the RUN's reply gave it
+    report["after"]["result_again"] = r is not None and r.status == proto.OK \
+        and proto.decode_result(r.payload, info.classes) == last
     with open(job["out"], "w") as f:
         json.dump(report, f)

@@ -436,7 +436,7 @@ def test_pixel_feeder_feeds_chunks_and_returns_the_result():
         assert ctx.get(dut.result.ready)  # the feeder is waiting for it
         await ctx.tick()
         ctx.set(dut.result.valid, 0)
-        ctx.set(dut.result.payload, {"label": 0, "cycles": 0, "potentials": [0] * classes})  # kept, not live
+        ctx.set(dut.result.payload, {"label": label, "cycles": 0, "potentials": potentials})  # the accelerator holds all but cycles
         for _ in range(20):
             if ctx.get(dut.done.valid):
                 log["done"].append(ctx.get(dut.done.payload.sample_done))

@@ -46,7 +46,7 @@ def test_every_error_reply_a_cut_frame_and_600_fuzz_frames_in_episodes(trained_d
     assert fuzz["episodes"] >= 5 and fuzz["checks_exact"] == fuzz["episodes"]
     assert fuzz["lockouts"] == fuzz["hangs"] == 0
     assert sum(fuzz["statuses"].values()) > 50  # the fuzz reached the decoder, which answered
-    assert report["after"]["identify"]
+    assert report["after"]["identify"] and report["after"]["result_again"]
     assert report["after"]["agree"] == report["after"]["samples"] == 2
 
 
