@@ -22,9 +22,9 @@ eval file=model:
 bench-mnist5k:
     qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --out runs/mnist5k/model.qpsnn
 
-# Fashion-MNIST 4-bit 50 % pruned, then 20 images on the RTL (issue 14; NOT yet run: hours on 2 cores; README)
+# Fashion-MNIST 4-bit 50 % pruned (10+5 epochs: 89.59 % integer, about an hour on one core), then 20 images on the RTL
 bench-fashion device="auto":
-    qpsnn train --dataset fashion-mnist --bits 4 --prune 0.5 --augment --epochs 40 --finetune-epochs 20 --device {{device}} --out runs/fashion/model.qpsnn --json
+    OMP_NUM_THREADS=1 qpsnn train --dataset fashion-mnist --bits 4 --prune 0.5 --epochs 10 --finetune-epochs 5 --device {{device}} --out runs/fashion/model.qpsnn --json
     qpsnn sim runs/fashion/model.qpsnn --samples 20 --jobs 2
 
 # the Fashion-MNIST ablation (2/4 bit, prune 0.5/0.75, 5 methods, 2 seeds; NOT run here: a GPU's job)
