@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what qpsnn needs on a fresh Debian/Ubuntu machine with Python >= 3.10.
 #   bash scripts/setup.sh         the package (training, golden model, CLI)
-#   bash scripts/setup.sh test    plus the hardware and test tools (amaranth, cocotb, Verilator, Icarus, pytest)
-#                                 and the NIR peers (nir, snnTorch, Norse)
+#   bash scripts/setup.sh test    plus the hardware and test tools (amaranth, cocotb, Verilator, Icarus, pytest),
+#                                 the NIR peers (nir, snnTorch, Norse) and the PCIe models (cocotbext-pcie, the
+#                                 pcie extra, which the test extra includes)
 # Idempotent: steps already done are skipped quickly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ if [ "$want" = "test" ]; then
       echo "setup: Fashion-MNIST missing and not root: apt-get install dataset-fashion-mnist (its tests are skipped)" >&2
     fi
   fi
-  $PY -m pip install --quiet -c "$pin" -e ".[test]"
+  $PY -m pip install --quiet -c "$pin" -e ".[test,pcie]"  # test includes pcie; named for the reader
 else
   $PY -m pip install --quiet -c "$pin" -e ".[hw]"
 fi

@@ -47,6 +47,8 @@ def cmd_bench_density(args) -> int:
 
 def cmd_serve_sim(args) -> int:
     require_extra("serve-sim", "hw", *HW)
+    if args.link == "pcie":
+        _require_pcie_models()
     from pathlib import Path
 
     from qpsnn.sw.errors import QpsnnError
@@ -72,6 +74,24 @@ def cmd_serve_sim(args) -> int:
     except KeyboardInterrupt:
         print("serve-sim: stopped", flush=True)
     return 0
+
+
+PCIE_MODELS = ("cocotbext.axi", "cocotbext.pcie")  # the pcie extra: the hard block's model and the root complex
+
+
+def _require_pcie_models() -> None:
+    """Refuse `serve-sim --link pcie` in one line when the pcie extra is not installed."""
+    import importlib
+
+    from qpsnn.sw.errors import MissingExtra
+
+    for name in PCIE_MODELS:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not name.startswith(exc.name or "?"):
+                raise
+            raise MissingExtra("qpsnn serve-sim --link pcie needs the PCIe extras: pip install 'qpsnn[pcie]'") from None
 
 
 def _check_port_free(port: int) -> None:
@@ -135,8 +155,9 @@ def register(sub) -> None:
     p.add_argument("file", nargs="?", default="model.qpsnn", help="model whose accelerator to build (default model.qpsnn)")
     p.add_argument("--port", type=opt.port, default=0, help="TCP port, 0..65535 (default 0: any free one, printed)")
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator")
-    p.add_argument("--link", choices=("uart", "mmio"), default="uart",
-                   help="uart: RX/TX pins (connect with socket://); mmio: the register window (mmio+socket://)")
+    p.add_argument("--link", choices=("uart", "mmio", "pcie"), default="uart",
+                   help="uart: RX/TX pins (connect with socket://); mmio: the register window (mmio+socket://); "
+                        "pcie: the window on BAR0 behind a modelled PCIe block and root complex (mmio+socket://)")
     _lanes(p)
     _offsets(p)
     p.add_argument("--clients", type=opt.clients, help="stop after serving this many clients (default: serve until stopped)")

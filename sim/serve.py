@@ -17,6 +17,8 @@ from qpsnn.hw.geometry import DEFAULT_OFFSETS
 from .runner import build_design
 
 UART_TOP, MMIO_TOP = "qpsnn_uart_host", "qpsnn_mmio_host"
+PCIE_TOP = "qpsnn_pcie_host"
+BENCHES = {"uart": "qpsnn.sim.serve_bench", "mmio": "qpsnn.sim.serve_bench", "pcie": "qpsnn.sim.pcie_bench"}
 SIM_DIVISOR = 8  # clock cycles per UART bit in simulation (a board uses clock / baud)
 SIM_TIMEOUT_BYTES = 64
 
@@ -39,7 +41,13 @@ def host_verilog(net, lanes: int | None, mode: str, divisor: int = SIM_DIVISOR,
 
         return verilog.convert(MMIOHost(accel, max_payload=max_payload,
                                                timeout_cycles=timeout_bytes * 10 * divisor), name=MMIO_TOP), MMIO_TOP
-    raise QpsnnError(f"unknown link {mode!r} (uart or mmio)")
+    if mode == "pcie":  # the window behind the PCIe adapter, in the hard block's user clock
+        from qpsnn.hw.mmio_host import MMIOHost
+        from qpsnn.hw.pcie_endpoint import BLOCK_SETTINGS, PCIeHost
+
+        window = MMIOHost(accel, max_payload=max_payload, timeout_cycles=timeout_bytes * 10 * divisor)
+        return verilog.convert(PCIeHost(window, BLOCK_SETTINGS.data_width), name=PCIE_TOP), PCIE_TOP
+    raise QpsnnError(f"unknown link {mode!r} (uart, mmio or pcie)")
 
 
 def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_module: str, job: dict,
@@ -84,5 +92,6 @@ def serve(path: str | Path, port: int = 0, simulator: str = "verilator", mode: s
           clients: int | None = None, on_port: Callable[[int], None] | None = None, max_payload: int = 1024,
           offsets: int = DEFAULT_OFFSETS) -> None:
     net = modelfile.load(path)
-    run_host_bench(net, lanes, mode, simulator, "qpsnn.sim.serve_bench", {"port": port, "clients": clients},
+    run_host_bench(net, lanes, mode, simulator, BENCHES.get(mode, BENCHES["uart"]),
+                   {"port": port, "clients": clients},
                    on_port=on_port or (lambda p: None), max_payload=max_payload, offsets=offsets)
