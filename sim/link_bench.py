@@ -24,6 +24,7 @@ from qpsnn.sw import protocol as proto
 from qpsnn.sw.device import model_words, run_payloads, write_payloads
 from qpsnn.sw.golden import run_golden
 
+from .serve import write_progress
 from .serve_bench import _reset
 from .uart_model import UARTHostModel
 
@@ -245,6 +246,7 @@ async def host_link(dut):
         exact = (r is not None and r.status == proto.OK and r.payload == info.to_bytes()
                  and await load_model(link, net, info) and _agrees(await run_sample(link, images[k], info), golden, k))
         fuzz["checks_exact" if exact else "lockouts"] += 1
+        write_progress(job, sent)
     for r in await link.quiet():
         statuses[r.status] = statuses.get(r.status, 0) + 1
     report["fuzz"] = {**fuzz, "statuses": {str(k): v for k, v in sorted(statuses.items())},

@@ -52,14 +52,17 @@ def host_verilog(net, lanes: int | None, mode: str, divisor: int = SIM_DIVISOR,
 
 def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_module: str, job: dict,
                    on_port: Callable[[int], None] | None = None, waves: bool = False,
-                   max_payload: int = 1024, offsets: int = DEFAULT_OFFSETS) -> dict | None:
+                   max_payload: int = 1024, offsets: int = DEFAULT_OFFSETS,
+                   on_progress: Callable[[int], None] | None = None) -> dict | None:
     """Build the host top level and run a cocotb module on it; ``job`` reaches the bench as JSON. Returns the
-    bench's ``out`` JSON when it writes one."""
+    bench's ``out`` JSON when it writes one. ``on_progress`` gets each count the bench writes to the job's
+    ``progress`` file (`write_progress`)."""
     source, top = host_verilog(net, lanes, mode, max_payload=max_payload, offsets=offsets)
     runner, build = build_design(source, top, simulator, waves)
     with tempfile.TemporaryDirectory() as tmp:
         job = dict(job, mode=mode, divisor=SIM_DIVISOR, timeout_bytes=SIM_TIMEOUT_BYTES,
-                   port_file=str(Path(tmp) / "port"), out=str(Path(tmp) / "out.json"))
+                   port_file=str(Path(tmp) / "port"), out=str(Path(tmp) / "out.json"),
+                   progress=str(Path(tmp) / "progress"))
         (Path(tmp) / "job.json").write_text(json.dumps(job))
         stop = threading.Event()
         if on_port is not None:
@@ -71,6 +74,16 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
                         return
                     time.sleep(0.05)
             threading.Thread(target=watch, daemon=True).start()
+        if on_progress is not None:
+            def follow():
+                seen = 0
+                while not stop.wait(0.5):
+                    p = Path(job["progress"])
+                    value = int(p.read_text() or 0) if p.exists() else 0
+                    if value != seen:
+                        on_progress(value)
+                        seen = value
+            threading.Thread(target=follow, daemon=True).start()
         try:
             runner.test(hdl_toplevel=top, test_module=test_module, build_dir=build, waves=waves, test_dir=tmp,
                         extra_env={"QPSNN_BENCH_JOB": str(Path(tmp) / "job.json"), "COCOTB_LOG_LEVEL": "WARNING"},
@@ -86,6 +99,13 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
         if on_port is None:
             raise QpsnnError(f"the {simulator} host bench ended without results:\n{log}")
         return None
+
+
+def write_progress(job: dict, value: int) -> None:
+    """From inside a bench: how far it is, for the parent's ``on_progress``."""
+    part = Path(job["progress"] + ".tmp")
+    part.write_text(str(value))
+    part.replace(job["progress"])
 
 
 def serve(path: str | Path, port: int = 0, simulator: str = "verilator", mode: str = "uart", lanes: int | None = None,
