@@ -26,7 +26,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, Timer
 from qpsnn.hw import pcie_endpoint as pe
 from qpsnn.sw import protocol as proto
 
-from .serve_bench import OPS_PER_TURN, _listen, _refuse_others
+from .serve_bench import OPS_PER_TURN, _refuse_others, listen_and_announce, serve_clients
 
 READ_GROUP = 16  # reads in flight at once (the root complex has 32 tags)
 CPL_TIMEOUT_NS = 100_000  # a completion later than this counts as lost (the read returns all ones)
@@ -276,22 +276,5 @@ async def serve(dut):
             json.dump(report, f)
         os.replace(job["out"] + ".tmp", job["out"])
     bar = BarPort(rc, card.bar_addr[pe.WINDOW_BAR], card.bar_size[pe.WINDOW_BAR])
-    srv = _listen(job["port"])
-    with open(job["port_file"] + ".tmp", "w") as f:
-        f.write(str(srv.getsockname()[1]))
-    os.replace(job["port_file"] + ".tmp", job["port_file"])
-    clients = 0
-    while job.get("clients") is None or clients < job["clients"]:
-        readable, _, _ = select.select([srv], [], [], 0.01)
-        if not readable:
-            await ClockCycles(dut.user_clk, 16)
-            continue
-        conn, _ = srv.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        clients += 1
-        try:
-            await _serve_pcie(dut, conn, srv, bar)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            conn.close()
+    srv = listen_and_announce(job)
+    await serve_clients(job, dut.user_clk, srv, lambda conn: _serve_pcie(dut, conn, srv, bar))

@@ -41,6 +41,34 @@ async def _reset(dut):
     await ClockCycles(dut.clk, 4)
 
 
+def listen_and_announce(job: dict) -> socket.socket:
+    """The server socket, its port written (atomically) where `qpsnn serve-sim` waits for it."""
+    srv = _listen(job["port"])
+    with open(job["port_file"] + ".tmp", "w") as f:
+        f.write(str(srv.getsockname()[1]))
+    os.replace(job["port_file"] + ".tmp", job["port_file"])
+    return srv
+
+
+async def serve_clients(job: dict, clock, srv: socket.socket, serve_one) -> None:
+    """One client at a time (``await serve_one(conn)``) until ``job["clients"]`` were served, or forever;
+    the design keeps running between clients."""
+    clients = 0
+    while job.get("clients") is None or clients < job["clients"]:
+        if not select.select([srv], [], [], 0.01)[0]:
+            await ClockCycles(clock, 16)
+            continue
+        conn, _ = srv.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        clients += 1
+        try:
+            await serve_one(conn)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+
+
 OPS_PER_TURN = 1024  # register operations between two looks at the client (has it left?)
 
 
@@ -120,27 +148,14 @@ async def serve(dut):
         dut.w_en.value, dut.r_en.value, dut.addr.value = 0, 0, 0
     await _reset(dut)
     uart = UARTHostModel(dut, job["divisor"]) if job["mode"] == "uart" else None
-    srv = _listen(job["port"])
-    with open(job["port_file"] + ".tmp", "w") as f:
-        f.write(str(srv.getsockname()[1]))
-    os.replace(job["port_file"] + ".tmp", job["port_file"])
-    clients = 0
-    while job.get("clients") is None or clients < job["clients"]:
-        readable, _, _ = select.select([srv], [], [], 0.01)
-        if not readable:
-            await ClockCycles(dut.clk, 16)
-            continue
-        conn, _ = srv.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        clients += 1
+    srv = listen_and_announce(job)
+
+    async def serve_one(conn):
+        if uart is None:
+            return await _serve_mmio(dut, conn, srv)
         try:
-            if uart is not None:
-                await _serve_uart(dut, conn, uart, srv)
-            else:
-                await _serve_mmio(dut, conn, srv)
-        except (ConnectionError, OSError):
-            pass
+            await _serve_uart(dut, conn, uart, srv)
         finally:
-            conn.close()
-            if uart is not None:
-                uart.flush()  # what the departed client queued never reaches the device
+            uart.flush()  # what the departed client queued never reaches the device
+
+    await serve_clients(job, dut.clk, srv, serve_one)
