@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import socket
 import struct
 import warnings
@@ -26,7 +25,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, Timer
 from qpsnn.hw import pcie_endpoint as pe
 from qpsnn.sw import protocol as proto
 
-from .serve_bench import OPS_PER_TURN, _refuse_others, listen_and_announce, serve_clients
+from .serve_bench import OPS_PER_TURN, _refuse_others, listen_and_announce, serve_clients, take_ops
 
 READ_GROUP = 16  # reads in flight at once (the root complex has 32 tags)
 CPL_TIMEOUT_NS = 100_000  # a completion later than this counts as lost (the read returns all ones)
@@ -134,14 +133,10 @@ async def _serve_pcie(dut, conn: socket.socket, srv: socket.socket, bar: BarPort
     buf = b""
     while True:
         _refuse_others(srv, proto.BAR_BUSY)
-        wait = 0 if buf else 0.001
-        while select.select([conn], [], [], wait)[0]:  # everything the client sent so far
-            data = conn.recv(1 << 20)
-            if not data:
-                return  # it left: the operations it queued are dropped, like a pulled cable's
-            buf += data
-            wait = 0
-        if not buf:
+        buf = take_ops(conn, buf)
+        if buf is None:
+            return  # it left: the operations it queued are dropped, like a pulled cable's
+        if len(buf) < proto.BAR_OP.size:
             await ClockCycles(dut.user_clk, 64)
             continue
         whole = min(len(buf) // proto.BAR_OP.size, OPS_PER_TURN) * proto.BAR_OP.size

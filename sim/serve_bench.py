@@ -69,6 +69,19 @@ async def serve_clients(job: dict, clock, srv: socket.socket, serve_one) -> None
             conn.close()
 
 
+def take_ops(conn: socket.socket, buf: bytes) -> bytes | None:
+    """``buf`` and everything the client has sent since (waiting a little when there is nothing to do), or
+    None when it has left."""
+    wait = 0 if len(buf) >= proto.BAR_OP.size else 0.001
+    while select.select([conn], [], [], wait)[0]:
+        data = conn.recv(1 << 20)
+        if not data:
+            return None
+        buf += data
+        wait = 0
+    return buf
+
+
 OPS_PER_TURN = 1024  # register operations between two looks at the client (has it left?)
 
 
@@ -108,14 +121,10 @@ async def _serve_mmio(dut, conn: socket.socket, srv: socket.socket) -> None:
     buf = b""
     while True:
         _refuse_others(srv, proto.BAR_BUSY)
-        wait = 0 if buf else 0.001
-        while select.select([conn], [], [], wait)[0]:  # everything the client sent so far
-            data = conn.recv(1 << 20)
-            if not data:
-                return  # it left: the operations it queued are dropped, like a pulled cable's
-            buf += data
-            wait = 0
-        if not buf:
+        buf = take_ops(conn, buf)
+        if buf is None:
+            return  # it left: the operations it queued are dropped, like a pulled cable's
+        if len(buf) < proto.BAR_OP.size:
             await ClockCycles(dut.clk, 64)
             continue
         out = bytearray()
