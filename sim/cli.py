@@ -47,8 +47,8 @@ def cmd_bench_density(args) -> int:
 
 def cmd_serve_sim(args) -> int:
     require_extra("serve-sim", "hw", *HW)
-    if args.link == "pcie":
-        _require_pcie_models()
+    if args.link == "pcie":  # the hard block's model and the root complex
+        require_extra("serve-sim --link pcie", "pcie", "cocotbext.axi", "cocotbext.pcie")
     from pathlib import Path
 
     from qpsnn.sw.errors import QpsnnError
@@ -74,24 +74,6 @@ def cmd_serve_sim(args) -> int:
     except KeyboardInterrupt:
         print("serve-sim: stopped", flush=True)
     return 0
-
-
-PCIE_MODELS = ("cocotbext.axi", "cocotbext.pcie")  # the pcie extra: the hard block's model and the root complex
-
-
-def _require_pcie_models() -> None:
-    """Refuse `serve-sim --link pcie` in one line when the pcie extra is not installed."""
-    import importlib
-
-    from qpsnn.sw.errors import MissingExtra
-
-    for name in PCIE_MODELS:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if not name.startswith(exc.name or "?"):
-                raise
-            raise MissingExtra("qpsnn serve-sim --link pcie needs the PCIe extras: pip install 'qpsnn[pcie]'") from None
 
 
 def _check_port_free(port: int) -> None:

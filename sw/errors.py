@@ -49,7 +49,7 @@ class DeviceRefused(DeviceError):
         self.command, self.code = command, code
 
 
-EXTRAS = {"hw": "the hardware extras", "fpga": "the FPGA extras", "nir": "the NIR extras"}
+EXTRAS = {"hw": "the hardware extras", "fpga": "the FPGA extras", "nir": "the NIR extras", "pcie": "the PCIe extras"}
 
 
 class MissingExtra(QpsnnError):
@@ -65,6 +65,6 @@ def require_extra(command: str, extra: str, *modules: str) -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
+            if not (name == exc.name or name.startswith(f"{exc.name}.")):  # itself, or its package, is missing
                 raise
             raise MissingExtra(f"qpsnn {command} needs {EXTRAS[extra]}: pip install 'qpsnn[{extra}]'") from None

@@ -51,22 +51,23 @@ def test_every_error_reply_a_cut_frame_and_600_fuzz_frames_in_episodes(trained_d
 
 
 class Server:
-    """`qpsnn serve-sim` in a subprocess; the port is read from its first line."""
+    """`qpsnn serve-sim` in a subprocess; its URL (``socket://`` or ``mmio+socket://``) is read from the line
+    that announces it."""
 
-    def __init__(self, path, link, max_payload=1024):
+    def __init__(self, path, link, max_payload=1024, startup_s=600):
         self.proc = subprocess.Popen([sys.executable, "-m", "qpsnn.sw.cli", "serve-sim", str(path), "--link", link,
                                       "--max-payload", str(max_payload)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         lines = []
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + startup_s
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
             lines.append(line)
-            found = re.search(r"(socket://127\.0\.0\.1:\d+)", line)
+            found = re.search(r"((?:mmio\+)?socket://127\.0\.0\.1:\d+)", line)
             if found:
-                self.url = ("mmio+" if link == "mmio" else "") + found.group(1)
+                self.url = found.group(1)
                 return
         self.stop()
         raise AssertionError("serve-sim did not announce a port:\n" + "".join(lines))

@@ -7,9 +7,6 @@ One Verilator build of the trained digits model's top level serves every test he
 the Verilog's hash in one folder for the module); one bench run serves both the enumeration and the
 malformed-request tests."""
 import json
-import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +29,8 @@ pytestmark = pytest.mark.skipif(not available("verilator"), reason="Verilator (P
 
 from qpsnn.hw import pcie_endpoint as pe  # noqa: E402  (after the skip: it needs nothing extra, the bench does)
 
+from test_host_link import Server  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory):
@@ -42,36 +41,9 @@ def build_dir(tmp_path_factory):
         yield path
 
 
-class Server:
-    """`qpsnn serve-sim --link pcie` in a subprocess; its URL is read from its first line."""
-
-    def __init__(self, path):
-        self.proc = subprocess.Popen([sys.executable, "-m", "qpsnn.sw.cli", "serve-sim", str(path), "--link", "pcie"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        lines = []
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            found = re.search(r"(mmio\+socket://127\.0\.0\.1:\d+)", line)
-            if found:
-                self.url = found.group(1)
-                return
-        self.stop()
-        raise AssertionError("serve-sim did not announce an mmio+socket:// URL:\n" + "".join(lines))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-
-
 def test_qpsnn_infer_20_samples_through_serve_sim_pcie(build_dir, trained_digits):
     _, net, path = trained_digits
-    server = Server(path)
+    server = Server(path, "pcie", startup_s=900)
     try:
         # --timeout 10: the default 2 s holds here (the slowest reply, a 1,024-byte READ, takes about 1.1 s of
         # simulation), a slower CI machine gets room
