@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import multiprocessing
 import statistics
 import tempfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
 
 import torch
 
@@ -33,38 +36,82 @@ def _int_metrics(model, data, lanes: int) -> tuple[float, int, float]:
 
 
 def run_ablation(base: TrainConfig, bits: list[int], ratios: list[float], seeds: int, out: Path,
-                 reporter: Reporter | None = None, runtime: Runtime | None = None) -> list[dict]:
+                 reporter: Reporter | None = None, runtime: Runtime | None = None, jobs: int = 1) -> list[dict]:
+    """Every method over ``bits`` x ``ratios`` x seeds. ``jobs`` > 1 trains the seeds in that many CPU processes
+    with one torch thread each (a seed is the unit: its QAT runs feed its fine-tunes); the rows are in seed order
+    whatever order the processes finish in, so the results do not depend on ``jobs``."""
     reporter = reporter or Reporter()
-    data = load_dataset(base.dataset, base.data_path)
-    rows: list[dict] = []
-    work = Path(tempfile.mkdtemp(prefix="qpsnn-ablate-"))
     total = seeds * (1 + 2 * len(bits) * (1 + 2 * len(ratios)))
-    quiet = Reporter(quiet=True)
     with reporter.task("ablation", total) as advance:
-        for seed in range(seeds):
-            cfg = replace(base, seed=seed, quant="float", prune=0.0)
-            model, _ = Trainer(cfg, work / "float.qpsnn", quiet, data, runtime).run()
-            acc = float_accuracy(model, data.test.images, data.test.labels)
-            rows.append({"method": "float", "bits": 32, "prune": 0.0, "seed": seed, "accuracy": acc,
-                         "weight_bytes": 4 * sum(l.weight.numel() for l in model.layers), "sops": None})
-            advance(1, f"float seed {seed}: {acc:.2f}%")
-            for quant in ("uniform", "rescaw"):
-                for b in bits:
-                    qcfg = replace(base, seed=seed, quant=quant, bits=b, prune=0.0)
-                    qat_model, state = Trainer(qcfg, work / "qat.qpsnn", quiet, data, runtime).run()
-                    advance(1, f"QAT {quant} {b}-bit seed {seed}")
-                    for ratio in ratios:
-                        for criterion in ("l1", "svs"):
-                            method = next(m for m, q, c in METHODS if q == quant and c == criterion)
-                            pcfg = replace(qcfg, prune=ratio, criterion=criterion)
-                            trainer = Trainer(pcfg, work / "ft.qpsnn", quiet, data, runtime)
-                            pruned, _ = trainer.prune_and_finetune(copy.deepcopy(qat_model), copy.deepcopy(state))
-                            acc, wbytes, sops = _int_metrics(pruned, data, base.lanes)
-                            rows.append({"method": method, "bits": b, "prune": ratio, "seed": seed, "accuracy": acc,
-                                         "weight_bytes": wbytes, "sops": sops})
-                            advance(1, f"{method} {b}-bit prune {ratio} seed {seed}: {acc:.2f}%")
+        if jobs == 1:
+            data = load_dataset(base.dataset, base.data_path)
+            rows = [r for seed in range(seeds) for r in _seed_rows(base, bits, ratios, seed, data, runtime, advance)]
+        else:
+            rows = _rows_in_processes(base, bits, ratios, seeds, jobs, advance)
     write_results(rows, out, base)
     return rows
+
+
+def _seed_rows(base: TrainConfig, bits: list[int], ratios: list[float], seed: int, data, runtime: Runtime | None,
+               advance) -> list[dict]:
+    """One seed's rows: its float run, one QAT run per (quantizer, bits), and every (ratio, criterion) after it."""
+    rows: list[dict] = []
+    quiet = Reporter(quiet=True)
+    work = Path(tempfile.mkdtemp(prefix="qpsnn-ablate-"))
+    cfg = replace(base, seed=seed, quant="float", prune=0.0)
+    model, _ = Trainer(cfg, work / "float.qpsnn", quiet, data, runtime).run()
+    acc = float_accuracy(model, data.test.images, data.test.labels)
+    rows.append({"method": "float", "bits": 32, "prune": 0.0, "seed": seed, "accuracy": acc,
+                 "weight_bytes": 4 * sum(l.weight.numel() for l in model.layers), "sops": None})
+    advance(1, f"float seed {seed}: {acc:.2f}%")
+    for quant in ("uniform", "rescaw"):
+        for b in bits:
+            qcfg = replace(base, seed=seed, quant=quant, bits=b, prune=0.0)
+            qat_model, state = Trainer(qcfg, work / "qat.qpsnn", quiet, data, runtime).run()
+            advance(1, f"QAT {quant} {b}-bit seed {seed}")
+            for ratio in ratios:
+                for criterion in ("l1", "svs"):
+                    method = next(m for m, q, c in METHODS if q == quant and c == criterion)
+                    pcfg = replace(qcfg, prune=ratio, criterion=criterion)
+                    trainer = Trainer(pcfg, work / "ft.qpsnn", quiet, data, runtime)
+                    pruned, _ = trainer.prune_and_finetune(copy.deepcopy(qat_model), copy.deepcopy(state))
+                    acc, wbytes, sops = _int_metrics(pruned, data, base.lanes)
+                    rows.append({"method": method, "bits": b, "prune": ratio, "seed": seed, "accuracy": acc,
+                                 "weight_bytes": wbytes, "sops": sops})
+                    advance(1, f"{method} {b}-bit prune {ratio} seed {seed}: {acc:.2f}%")
+    return rows
+
+
+def _rows_in_processes(base: TrainConfig, bits: list[int], ratios: list[float], seeds: int, jobs: int,
+                       advance) -> list[dict]:
+    """The seeds in ``jobs`` spawned processes; their progress comes back through a queue as it happens."""
+    ctx = multiprocessing.get_context("spawn")  # no forked torch state (threads, CUDA) in the workers
+    with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(_seed_worker, base, bits, ratios, seed, queue) for seed in range(seeds)]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            _drain(queue, advance)
+            for future in done:
+                future.result()  # a worker's exception ends the ablation here, with its own message
+        _drain(queue, advance)
+        return [r for future in futures for r in future.result()]
+
+
+def _drain(queue, advance) -> None:
+    while True:
+        try:
+            n, info = queue.get_nowait()
+        except Empty:
+            return
+        advance(n, info)
+
+
+def _seed_worker(base: TrainConfig, bits: list[int], ratios: list[float], seed: int, queue) -> list[dict]:
+    torch.set_num_threads(1)  # one core a process: torch's own threads would oversubscribe the others
+    data = load_dataset(base.dataset, base.data_path)
+    return _seed_rows(base, bits, ratios, seed, data, Runtime(), lambda n=1, info="": queue.put((n, info)))
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -223,15 +223,17 @@ def cmd_ablate(args) -> int:
     from .runtime import Runtime
     from .train import TrainConfig, check_config
 
-    base = TrainConfig(dataset=args.dataset, data_path=args.data_path, epochs=args.epochs,
+    base = TrainConfig(dataset=args.dataset, data_path=args.data_path, spec=args.spec, epochs=args.epochs,
                        finetune_epochs=args.finetune_epochs, timesteps=args.timesteps)
     check_config(base)
     runtime = Runtime.start(args.device, args.bf16)
     if runtime.distributed:
         runtime.stop()
         raise QpsnnError("ablate runs in one process (start it without torchrun; --device cuda uses a GPU)")
+    if args.jobs > 1 and runtime.device.type != "cpu":
+        raise QpsnnError(f"--jobs {args.jobs} trains seeds in CPU processes; on {runtime.device} use --jobs 1")
     out = Path(args.out)
-    run_ablation(base, args.bits, args.prune, args.seeds, out, runtime=runtime)
+    run_ablation(base, args.bits, args.prune, args.seeds, out, runtime=runtime, jobs=args.jobs)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_weight_kb.png'}")
     return 0
@@ -306,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=_list_of(int, _check_bits), default=[2, 4])
     p.add_argument("--prune", type=_list_of(opt.fraction), default=[0.5, 0.75])
     p.add_argument("--seeds", type=opt.seeds, default=3)
+    p.add_argument("--spec", help="architecture, e.g. c16-p2-c32-p2-fc10 (default: the data set's)")
     _add_schedule(p)
+    p.add_argument("--jobs", type=opt.jobs, default=1,
+                   help="seeds trained at once, one CPU process and one torch thread each (default 1)")
     p.add_argument("--out", type=opt.output_dir, default="runs/ablate")
     _add_device(p)
     p.set_defaults(func=cmd_ablate)

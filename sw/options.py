@@ -93,7 +93,7 @@ baud = integer(300, 12_000_000)
 clock_mhz = real(1.0, 400.0, what="MHz")
 timeout = real(0.0, 3600.0, lo_open=True, what="seconds")
 retries = integer(0, 100)
-jobs = integer(1, 256, "simulator processes")
+jobs = integer(1, 256, "processes")
 
 
 def compute_device(text: str) -> str:

@@ -153,6 +153,8 @@ CASES = [
     (["ablate", "--finetune-epochs", "-1"], "--finetune-epochs"),
     (["ablate", "--timesteps", "5000"], "--timesteps"),
     (["ablate", "--out", "TEXT"], "not a directory"),
+    (["ablate", "--jobs", "0"], "--jobs"),
+    (["ablate", "--spec", "c16-x2-fc10", "--seeds", "1"], "c16-x2-fc10"),
     (["ablate", "--data-path", "DIR"], "--data-path is only for"),
     # infer
     (["infer", "MODEL", "--device", "loop://", "--timeout", "nan"], "--timeout: nan"),
