@@ -44,7 +44,9 @@ def build_design(source: str, top: str, simulator: str, waves: bool = False, wor
     from cocotb_tools.runner import get_runner
 
     prepare(simulator)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else ["-g2012"]
+    timescale = ("1ns", "1ps")  # Icarus's default precision is 1 s, too coarse for a bench's clock in ns
+    digest = hashlib.sha256(f"{source}{build_args}{timescale}".encode()).hexdigest()[:16]
     root = Path(work or os.environ.get("QPSNN_SIM_BUILD", Path.cwd() / "sim_build"))
     build = root / f"{simulator}-{top}-{digest}{'-waves' if waves else ''}"
     build.mkdir(parents=True, exist_ok=True)
@@ -52,9 +54,8 @@ def build_design(source: str, top: str, simulator: str, waves: bool = False, wor
     if not vfile.exists() or vfile.read_text() != source:
         vfile.write_text(source)
     runner = get_runner(simulator)
-    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else ["-g2012"]
     runner.build(sources=[vfile, *extra_sources], hdl_toplevel=top, build_dir=build, waves=waves, build_args=build_args,
-                 log_file=build / "build.log")
+                 timescale=timescale, log_file=build / "build.log")
     return runner, build
 
 

@@ -64,13 +64,14 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
                    port_file=str(Path(tmp) / "port"), out=str(Path(tmp) / "out.json"),
                    progress=str(Path(tmp) / "progress"))
         (Path(tmp) / "job.json").write_text(json.dumps(job))
-        stop = threading.Event()
+        stop, announced = threading.Event(), threading.Event()
         if on_port is not None:
             def watch():
                 while not stop.is_set():
                     p = Path(job["port_file"])
                     if p.exists():
                         on_port(int(p.read_text()))
+                        announced.set()
                         return
                     time.sleep(0.05)
             threading.Thread(target=watch, daemon=True).start()
@@ -96,8 +97,9 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
         if out.exists():
             return json.loads(out.read_text())
         log = (Path(tmp) / "test.log").read_text()[-3000:] if (Path(tmp) / "test.log").exists() else ""
-        if on_port is None:
-            raise QpsnnError(f"the {simulator} host bench ended without results:\n{log}")
+        if on_port is None or not (announced.is_set() or Path(job["port_file"]).exists()):
+            raise QpsnnError(f"the {simulator} host bench ended without {'results' if on_port is None else 'serving'}:"
+                             f"\n{log}")
         return None
 
 

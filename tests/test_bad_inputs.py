@@ -196,6 +196,8 @@ CASES = [
     (["serve-sim", "MODEL", "--port", "-1"], "--port"),
     (["serve-sim", "MODEL", "--port", "BUSY"], "cannot listen there"),
     (["serve-sim", "MODEL", "--clients", "0"], "--clients"),
+    (["serve-sim", "MODEL", "--simulator", "icarus"], "invalid choice: 'icarus'"),
+    (["bench-link", "MODEL", "--simulator", "icarus"], "invalid choice: 'icarus'"),
     (["serve-sim", "MODEL", "--max-payload", "0"], "--max-payload"),
     (["serve-sim", "MODEL", "--max-payload", "100"], "power of two"),
     (["serve-sim", "MODEL", "--lanes", "3"], "--lanes"),
