@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -343,11 +347,30 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # every `finally` runs, and subprocess.run kills the simulator or tool it waits on
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM ends a command the way Ctrl-C does: a `kill` of qpsnn must not leave its simulator running.
+    Not under torchrun, which stops its ranks itself, nor from a thread (only the main thread has signals)."""
+    if "WORLD_SIZE" in os.environ or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _terminate_as_interrupt():
+            return args.func(args)
     except QpsnnError as exc:
         print(f"qpsnn: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

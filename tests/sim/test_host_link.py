@@ -73,9 +73,19 @@ class Server:
         raise AssertionError("serve-sim did not announce a port:\n" + "".join(lines))
 
     def stop(self):
+        """SIGTERM to qpsnn alone, as `kill PID` would: it must take its simulator with it."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)  # anything left in the server's process group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        raise AssertionError("serve-sim was stopped with SIGTERM but left its simulator running")
 
 
 @pytest.mark.parametrize("link", ["uart", "mmio"])
