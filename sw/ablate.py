@@ -9,7 +9,6 @@ import csv
 import multiprocessing
 import statistics
 import tempfile
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 from queue import Empty
@@ -84,19 +83,26 @@ def _seed_rows(base: TrainConfig, bits: list[int], ratios: list[float], seed: in
 
 def _rows_in_processes(base: TrainConfig, bits: list[int], ratios: list[float], seeds: int, jobs: int,
                        advance) -> list[dict]:
-    """The seeds in ``jobs`` spawned processes; their progress comes back through a queue as it happens."""
+    """The seeds in ``jobs`` spawned processes; their progress comes back through a queue as it happens. A
+    worker's error, Ctrl-C or SIGTERM ends the others at once (a pool that only stops taking work would let a
+    seed train on for an hour)."""
     ctx = multiprocessing.get_context("spawn")  # no forked torch state (threads, CUDA) in the workers
-    with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+    with ctx.Manager() as manager:
         queue = manager.Queue()
-        futures = [pool.submit(_seed_worker, base, bits, ratios, seed, queue) for seed in range(seeds)]
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+        pool = ctx.Pool(jobs)
+        try:
+            runs = [pool.apply_async(_seed_worker, (base, bits, ratios, seed, queue)) for seed in range(seeds)]
+            while not all(r.ready() for r in runs):
+                runs[next(i for i, r in enumerate(runs) if not r.ready())].wait(1.0)
+                _drain(queue, advance)
+                for r in runs:
+                    if r.ready() and not r.successful():
+                        r.get()  # the worker's exception, here, with its own message
             _drain(queue, advance)
-            for future in done:
-                future.result()  # a worker's exception ends the ablation here, with its own message
-        _drain(queue, advance)
-        return [r for future in futures for r in future.result()]
+            return [row for r in runs for row in r.get()]
+        finally:
+            pool.terminate()
+            pool.join()
 
 
 def _drain(queue, advance) -> None:
