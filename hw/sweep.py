@@ -207,18 +207,6 @@ def write(points: list[Point], board: Board, out_dir: Path) -> dict:
     return doc
 
 
-def _list(parse, what: str):
-    def parse_list(text: str) -> list[int]:
-        import argparse
-
-        values = [parse(v.strip()) for v in text.split(",")]
-        if not values:
-            raise argparse.ArgumentTypeError(f"empty list of {what}")
-        return values
-    parse_list.__name__ = what
-    return parse_list
-
-
 def _offsets(text: str) -> int:
     import argparse
 
@@ -269,8 +257,8 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="co-design: models x (P, offsets) on a board, measured; the Pareto front as a plot")
     p.add_argument("models", nargs="+", metavar="MODEL", help="trained model files (qpsnn train)")
     p.add_argument("--board", required=True, choices=sorted(BOARDS))
-    p.add_argument("--lanes", type=_list(opt.lanes, "lanes"), default=[1, 2, 4, 8, 16], help="P values (default 1,2,4,8,16)")
-    p.add_argument("--offsets", type=_list(_offsets, "offsets"), default=[1, 9],
+    p.add_argument("--lanes", type=opt.list_of(opt.lanes), default=[1, 2, 4, 8, 16], help="P values (default 1,2,4,8,16)")
+    p.add_argument("--offsets", type=opt.list_of(_offsets), default=[1, 9],
                    help="kernel offsets per cycle (default 1,9)")
     p.add_argument("--clock", type=opt.clock_mhz, help="MHz that images/s are computed at (default: the board's build clock)")
     p.add_argument("--samples", type=opt.samples, help="only the first N test images (default: all)")

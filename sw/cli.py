@@ -25,21 +25,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _list_of(kind, check=None):
-    def parse(text: str):
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except (ValueError, argparse.ArgumentTypeError) as exc:
-            raise argparse.ArgumentTypeError(f"bad list {text!r}: {exc}") from None
-        if not values:
-            raise argparse.ArgumentTypeError("empty list")
-        for v in values:
-            if check:
-                check(v)
-        return values
-    return parse
-
-
 def _check_bits(v: int) -> None:
     if v not in (2, 4, 8):
         raise argparse.ArgumentTypeError(f"bits {v} is not one of 2, 4, 8")
@@ -309,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="float / uniform+L1 / +ReScaW / +SVS / ReScaW+SVS over bits, ratios, seeds")
     _add_data(p)
-    p.add_argument("--bits", type=_list_of(int, _check_bits), default=[2, 4])
-    p.add_argument("--prune", type=_list_of(opt.fraction), default=[0.5, 0.75])
+    p.add_argument("--bits", type=opt.list_of(int, _check_bits), default=[2, 4])
+    p.add_argument("--prune", type=opt.list_of(opt.fraction), default=[0.5, 0.75])
     p.add_argument("--seeds", type=opt.seeds, default=3)
     p.add_argument("--spec", help="architecture, e.g. c16-p2-c32-p2-fc10 (default: the data set's)")
     _add_schedule(p)

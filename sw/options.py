@@ -42,6 +42,23 @@ def integer(lo: int | None = None, hi: int | None = None, what: str = ""):
     return parse
 
 
+def list_of(parse, check=None):
+    """A comma-separated list of ``parse``'d values, each then ``check``'d; an empty list is refused."""
+    def parse_list(text: str) -> list:
+        try:
+            values = [parse(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError as exc:
+            raise _bad(f"bad list {text!r}: {exc}") from None
+        if not values:
+            raise _bad("empty list")
+        for v in values:
+            if check:
+                check(v)
+        return values
+    parse_list.__name__ = "list"
+    return parse_list
+
+
 def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
          what: str = ""):
     """A finite number in the interval from lo to hi; ``*_open`` excludes that end."""
