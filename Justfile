@@ -18,9 +18,10 @@ fuzz-modelfile cases="10000":
 eval file=model:
     qpsnn eval {{file}}
 
-# the MNIST-5k benchmark run of the README's results table
+# the MNIST-5k benchmark run of the README's results table (T=4), and the T=2 model the ULX3S build keeps
 bench-mnist5k:
     qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --out runs/mnist5k/model.qpsnn
+    OMP_NUM_THREADS=1 qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --timesteps 2 --out runs/mnist5k-t2/model.qpsnn
 
 # Fashion-MNIST 4-bit 50 % pruned (10+5 epochs: 89.59 % integer, about an hour on one core), then 20 images on the RTL
 bench-fashion device="auto":
@@ -83,6 +84,8 @@ sweep-digits:
     test -f runs/sweep/digits/p75-t2-e80.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 2 --epochs 80 --finetune-epochs 40 --out runs/sweep/digits/p75-t2-e80.qpsnn
     qpsnn sweep bitstreams/ulx3s-85f/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn runs/sweep/digits/p75-t2-e80.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
 
-# co-design on the ULX3S, MNIST-5k: the kept model over P and offsets (memory plan; add --synth for logic)
+# co-design on the ULX3S, MNIST-5k: the kept model (T=2) and the same network at T=4 over P and offsets (memory plan; add --synth for logic)
 sweep-mnist5k:
-    qpsnn sweep bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 4,8,16,32 --offsets 1,9 --clock 30 --out runs/sweep/ulx3s-85f
+    mkdir -p runs/sweep/mnist5k
+    test -f runs/sweep/mnist5k/t4.qpsnn || qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --out runs/sweep/mnist5k/t4.qpsnn
+    qpsnn sweep bitstreams/ulx3s-85f/mnist5k/model.qpsnn runs/sweep/mnist5k/t4.qpsnn --board ulx3s-85f --lanes 4,8,16,32 --offsets 1,9 --clock 30 --out runs/sweep/ulx3s-85f
