@@ -116,7 +116,9 @@ def _lanes(p) -> None:
                    help=f"P, output neurons updated per cycle: a power of two up to {opt.MAX_LANES} (default: the file's)")
 
 
-HOST_SIMULATORS = ("verilator",)
+def _host_simulator(p) -> None:
+    p.add_argument("--simulator", choices=("verilator",), default="verilator",
+                   help="verilator only: under Icarus the host link's top level does not answer (not yet found why)")
 
 
 def register(sub) -> None:
@@ -139,8 +141,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve-sim", help="simulate the accelerator with its host link and serve it on a TCP port")
     p.add_argument("file", nargs="?", default="model.qpsnn", help="model whose accelerator to build (default model.qpsnn)")
     p.add_argument("--port", type=opt.port, default=0, help="TCP port, 0..65535 (default 0: any free one, printed)")
-    p.add_argument("--simulator", choices=HOST_SIMULATORS, default="verilator",
-                   help="verilator only: under Icarus the host link's top level does not answer (not yet found why)")
+    _host_simulator(p)
     p.add_argument("--link", choices=("uart", "mmio", "pcie"), default="uart",
                    help="uart: RX/TX pins (connect with socket://); mmio: the register window (mmio+socket://); "
                         "pcie: the window on BAR0 behind a modelled PCIe block and root complex (mmio+socket://)")
@@ -157,8 +158,7 @@ def register(sub) -> None:
     p.add_argument("--frames", type=opt.frames, default=10000, help="fuzz frames (default 10,000; CI runs 1,000)")
     p.add_argument("--samples", type=opt.samples, default=4, help="samples classified after the fuzz")
     p.add_argument("--seed", type=opt.seed, default=1)
-    p.add_argument("--simulator", choices=HOST_SIMULATORS, default="verilator",
-                   help="verilator only: under Icarus the host link's top level does not answer (not yet found why)")
+    _host_simulator(p)
     p.set_defaults(func=cmd_bench_link)
 
     p = sub.add_parser("bench-density", help="RTL cycles against events at three spike densities (plot + JSON)")

@@ -64,14 +64,13 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
                    port_file=str(Path(tmp) / "port"), out=str(Path(tmp) / "out.json"),
                    progress=str(Path(tmp) / "progress"))
         (Path(tmp) / "job.json").write_text(json.dumps(job))
-        stop, announced = threading.Event(), threading.Event()
+        stop = threading.Event()
         if on_port is not None:
             def watch():
                 while not stop.is_set():
                     p = Path(job["port_file"])
                     if p.exists():
                         on_port(int(p.read_text()))
-                        announced.set()
                         return
                     time.sleep(0.05)
             threading.Thread(target=watch, daemon=True).start()
@@ -97,7 +96,7 @@ def run_host_bench(net, lanes: int | None, mode: str, simulator: str, test_modul
         if out.exists():
             return json.loads(out.read_text())
         log = (Path(tmp) / "test.log").read_text()[-3000:] if (Path(tmp) / "test.log").exists() else ""
-        if on_port is None or not (announced.is_set() or Path(job["port_file"]).exists()):
+        if on_port is None or not Path(job["port_file"]).exists():  # written once, atomically, when it serves
             raise QpsnnError(f"the {simulator} host bench ended without {'results' if on_port is None else 'serving'}:"
                              f"\n{log}")
         return None

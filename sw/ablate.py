@@ -56,28 +56,29 @@ def _seed_rows(base: TrainConfig, bits: list[int], ratios: list[float], seed: in
     """One seed's rows: its float run, one QAT run per (quantizer, bits), and every (ratio, criterion) after it."""
     rows: list[dict] = []
     quiet = Reporter(quiet=True)
-    work = Path(tempfile.mkdtemp(prefix="qpsnn-ablate-"))
-    cfg = replace(base, seed=seed, quant="float", prune=0.0)
-    model, _ = Trainer(cfg, work / "float.qpsnn", quiet, data, runtime).run()
-    acc = float_accuracy(model, data.test.images, data.test.labels)
-    rows.append({"method": "float", "bits": 32, "prune": 0.0, "seed": seed, "accuracy": acc,
-                 "weight_bytes": 4 * sum(l.weight.numel() for l in model.layers), "sops": None})
-    advance(1, f"float seed {seed}: {acc:.2f}%")
-    for quant in ("uniform", "rescaw"):
-        for b in bits:
-            qcfg = replace(base, seed=seed, quant=quant, bits=b, prune=0.0)
-            qat_model, state = Trainer(qcfg, work / "qat.qpsnn", quiet, data, runtime).run()
-            advance(1, f"QAT {quant} {b}-bit seed {seed}")
-            for ratio in ratios:
-                for criterion in ("l1", "svs"):
-                    method = next(m for m, q, c in METHODS if q == quant and c == criterion)
-                    pcfg = replace(qcfg, prune=ratio, criterion=criterion)
-                    trainer = Trainer(pcfg, work / "ft.qpsnn", quiet, data, runtime)
-                    pruned, _ = trainer.prune_and_finetune(copy.deepcopy(qat_model), copy.deepcopy(state))
-                    acc, wbytes, sops = _int_metrics(pruned, data, base.lanes)
-                    rows.append({"method": method, "bits": b, "prune": ratio, "seed": seed, "accuracy": acc,
-                                 "weight_bytes": wbytes, "sops": sops})
-                    advance(1, f"{method} {b}-bit prune {ratio} seed {seed}: {acc:.2f}%")
+    with tempfile.TemporaryDirectory(prefix="qpsnn-ablate-") as tmp:  # the runs' checkpoints, removed after
+        work = Path(tmp)
+        cfg = replace(base, seed=seed, quant="float", prune=0.0)
+        model, _ = Trainer(cfg, work / "float.qpsnn", quiet, data, runtime).run()
+        acc = float_accuracy(model, data.test.images, data.test.labels)
+        rows.append({"method": "float", "bits": 32, "prune": 0.0, "seed": seed, "accuracy": acc,
+                     "weight_bytes": 4 * sum(l.weight.numel() for l in model.layers), "sops": None})
+        advance(1, f"float seed {seed}: {acc:.2f}%")
+        for quant in ("uniform", "rescaw"):
+            for b in bits:
+                qcfg = replace(base, seed=seed, quant=quant, bits=b, prune=0.0)
+                qat_model, state = Trainer(qcfg, work / "qat.qpsnn", quiet, data, runtime).run()
+                advance(1, f"QAT {quant} {b}-bit seed {seed}")
+                for ratio in ratios:
+                    for criterion in ("l1", "svs"):
+                        method = next(m for m, q, c in METHODS if q == quant and c == criterion)
+                        pcfg = replace(qcfg, prune=ratio, criterion=criterion)
+                        trainer = Trainer(pcfg, work / "ft.qpsnn", quiet, data, runtime)
+                        pruned, _ = trainer.prune_and_finetune(copy.deepcopy(qat_model), copy.deepcopy(state))
+                        acc, wbytes, sops = _int_metrics(pruned, data, base.lanes)
+                        rows.append({"method": method, "bits": b, "prune": ratio, "seed": seed, "accuracy": acc,
+                                     "weight_bytes": wbytes, "sops": sops})
+                        advance(1, f"{method} {b}-bit prune {ratio} seed {seed}: {acc:.2f}%")
     return rows
 
 
@@ -92,12 +93,14 @@ def _rows_in_processes(base: TrainConfig, bits: list[int], ratios: list[float], 
         pool = ctx.Pool(jobs)
         try:
             runs = [pool.apply_async(_seed_worker, (base, bits, ratios, seed, queue)) for seed in range(seeds)]
-            while not all(r.ready() for r in runs):
-                runs[next(i for i, r in enumerate(runs) if not r.ready())].wait(1.0)
+            pending = runs
+            while pending:
+                pending[0].wait(1.0)
                 _drain(queue, advance)
-                for r in runs:
+                for r in pending:
                     if r.ready() and not r.successful():
                         r.get()  # the worker's exception, here, with its own message
+                pending = [r for r in pending if not r.ready()]
             _drain(queue, advance)
             return [row for r in runs for row in r.get()]
         finally:
