@@ -5,7 +5,9 @@ Event pipeline: cycle n reads the weight word(s) and the membrane word(s) an eve
 each lane's decoded weight and writes back. Serial (``offsets`` = 1): one kernel offset x P outputs per
 cycle. Kernel-parallel (``offsets`` = 9, conv): the membranes are interleaved over nine banks by
 (y mod 3, x mod 3), so the nine outputs of one event are in nine banks and all nine offsets update in one
-cycle; each bank picks the weight word of the offset that lands in it. Two updates in a row to the same
+cycle; each bank reads its own copy of the weights, stored at the event phase (y mod 3, x mod 3) that
+brings each offset to that bank (`BankWeights`), so the bank-to-offset rotation is done on addresses,
+not by a nine-way multiplexer. Two updates in a row to the same
 word are a read-after-write hazard: each bank's read port is transparent for its write port
 (``forwarding=True``). ``forwarding=False`` and the ``fault`` names exist only to show that the testbench
 catches the hazard and a wrong offset-to-bank mapping.
@@ -27,7 +29,7 @@ from qpsnn.sw.protocol import REGION_WEIGHTS
 from .event_queue import EventQueue, entry_layout
 from .geometry import KERNEL, LayerGeometry
 from .interleave import neighbour_in_bank, split
-from .kernel_weights import KernelWeights
+from .kernel_weights import BankWeights, KernelWeights
 from .params import LaneParams, cmul, packed_memory, saturate, ubits
 from .records import ADDR_BITS, trace_layout
 
@@ -75,9 +77,11 @@ class LayerUnit(wiring.Component):
         conv, banked = g.kind == "conv", g.interleaved
 
         # ---------------------------------------------------------------- memories
-        stores = g.weight_memories
-        per_store = (g.in_channels if banked else g.weight_rows) * G
-        m.submodules.weights = wts = KernelWeights(per_store, P * b, stores, self.weights_in_spram)
+        if banked:  # one weight store per membrane bank, so each bank's weight word is wired, not selected
+            fault_row = 1 if self.fault == "bank-offset" else None
+            m.submodules.weights = wts = BankWeights(g.in_channels * G, P * b, fault_row)
+        else:
+            m.submodules.weights = wts = KernelWeights(g.weight_rows * G, P * b, 1, self.weights_in_spram)
         m.submodules.params = params = LaneParams(P, V, G, g.fires)
         banks = []
         for k in range(g.banks):
@@ -138,7 +142,7 @@ class LayerUnit(wiring.Component):
             with m.Else():
                 m.d.sync += grp.eq(grp + 1)
 
-        # per bank: the word an event updates, whether that output exists, the weight store to use (plain
+        # per bank: the word an event updates and whether that output exists (plain
         # expressions, not signals: a bank whose output always exists must not become a constant-driven signal,
         # which some simulators never evaluate)
         if banked:
@@ -148,25 +152,20 @@ class LayerUnit(wiring.Component):
             rows = [neighbour_in_bank(ev_y, ey3, eyq, r, g.height) for r in range(KERNEL)]
             cols = [neighbour_in_bank(ev_x, ex3, exq, s, g.width) for s in range(KERNEL)]
 
-            def offset(plus, minus, *_):  # output u + 1 is reached by kernel offset 0, u by 1, u - 1 by 2
-                return Mux(plus, 0, Mux(minus, 2, 1))
-
-            ev_addr, ev_ok, ev_store = [], [], []
+            ev_addr, ev_ok = [], []
             for k in range(g.banks):
                 r, s = divmod(k, KERNEL)
-                ry = 1 if (self.fault == "bank-offset" and r == 0) else r
                 ev_addr.append(cmul(cmul(grp, BH) + rows[r][2], BW) + cols[s][2])
                 ev_ok.append(rows[r][3] & cols[s][3])
-                ev_store.append(cmul(offset(*rows[ry]), KERNEL) + offset(*cols[s]))
-            m.d.comb += wts.r_addr.eq(cmul(ev_c, G) + grp)
+            m.d.comb += [wts.phase.eq(cmul(ey3, KERNEL) + ex3), wts.r_row.eq(cmul(ev_c, G) + grp)]
         elif conv:
             oy_ = (ev_y + 1 - ky)[:self.y_bits]
             ox_ = (ev_x + 1 - kx)[:self.x_bits]
-            ev_addr, ev_ok, ev_store = [_window_major(g, grp, oy_, ox_)], [Const(1)], [Const(0)]
+            ev_addr, ev_ok = [_window_major(g, grp, oy_, ox_)], [Const(1)]
             m.d.comb += wts.r_addr.eq(cmul(cmul(ev_c, 9) + cmul(ky, 3) + kx, G) + grp)
         else:
             row = cmul(ev_c, ig.out_positions) + cmul(ev_y, ig.pooled_width) + ev_x
-            ev_addr, ev_ok, ev_store = [grp], [Const(1)], [Const(0)]
+            ev_addr, ev_ok = [grp], [Const(1)]
             m.d.comb += wts.r_addr.eq(cmul(row, G) + grp)
 
         # ---------------------------------------------------------------- fire scan, stage 0
@@ -223,17 +222,15 @@ class LayerUnit(wiring.Component):
         s1_bank, s1_scan_addr = Signal.like(scan_bank), Signal.like(scan_addr)
         s1_ev_addr = [Signal(ubits(g.bank_words), name=f"s1_ev_addr{k}") for k in range(g.banks)]
         s1_ev_ok = [Signal(name=f"s1_ev_ok{k}") for k in range(g.banks)]
-        s1_ev_store = [Signal(range(max(stores, 2)), name=f"s1_ev_store{k}") for k in range(g.banks)]
         m.d.sync += [s1_ev.eq(active & self.ev_en), s1_fire.eq(firing), s1_last_t.eq(self.last_t | self.init),
                      s1_init.eq(self.init), s1_addr.eq(scan), s1_grp.eq(Mux(firing, scan_grp, grp)),
                      s1_py.eq(scan_py), s1_px.eq(scan_px), s1_w.eq(scan_w), s1_bank.eq(scan_bank),
                      s1_scan_addr.eq(scan_addr)]
-        m.d.sync += [d.eq(s) for d, s in zip(s1_ev_addr + s1_ev_ok + s1_ev_store, ev_addr + ev_ok + ev_store)]
+        m.d.sync += [d.eq(s) for d, s in zip(s1_ev_addr + s1_ev_ok, ev_addr + ev_ok)]
 
         # ---------------------------------------------------------------- stage 1: event update, per bank
-        words = Array(wts.r_data[o] for o in range(stores))
         for k, (rp, wp) in enumerate(banks):
-            word = words[s1_ev_store[k]] if stores > 1 else wts.r_data[0]
+            word = wts.r_data[k] if banked else wts.r_data[0]
             lanes = []
             for j in range(P):
                 w = Signal(signed(b + 2), name=f"w{k}_{j}")

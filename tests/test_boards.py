@@ -41,12 +41,13 @@ def test_model_too_large_for_the_icebreaker_is_refused_naming_the_memory():
 
 
 def test_memory_plan_reads_every_memory_of_the_design():
-    """The plan walks the elaborated design: nine interleaved membrane banks and nine weight memories per
-    kernel-parallel conv layer, one region of the spike queue per timestep after the encoder."""
+    """The plan walks the elaborated design: nine interleaved membrane banks and nine weight copies (one per
+    bank) per kernel-parallel conv layer after the encoder, nine offset stores in the encoder, one region of the spike queue per timestep after the encoder."""
     net = mnist_sized_net()
     names = {m.name for m in design_memories(host_design(net, BOARDS["ulx3s-85f"], 8, 9))}
     assert {f"processor.accel.layer1.membrane{k}" for k in range(9)} <= names
-    assert {f"processor.accel.layer1.weights.offset{k}.mem" for k in range(9)} <= names
+    assert {f"processor.accel.layer1.weights.bank{k}.mem" for k in range(9)} <= names
+    assert {f"processor.accel.layer0.weights.offset{k}.mem" for k in range(9)} <= names
     assert {f"processor.accel.layer1.queue.fifo{t}.storage" for t in range(4)} <= names
     assert "processor.buffer" in names and not any("layer0.membrane" in n for n in names)
 
