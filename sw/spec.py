@@ -16,6 +16,7 @@ from .errors import SpecError
 DEFAULT_SPECS = {
     "digits": "c32-p2-c64-p2-fc10",
     "mnist5k": "c32-p2-c64-p2-fc10",
+    "mnist5k-12": "c16-p2-c32-p2-fc10",
     "mnist-idx": "c32-p2-c64-p2-fc10",
     "fashion-mnist": "c32-p2-c64-p2-fc10",
     "cifar10": "c64-p2-c128-p2-c128-p2-fc10",

@@ -99,6 +99,10 @@ def test_builtin_splits():
     assert np.array_equal(load_dataset("digits").test.labels, d.test.labels)  # fixed split
     m = load_dataset("mnist5k")
     assert len(m.train.labels) == 4000 and len(m.test.labels) == 1000 and m.in_shape == (1, 28, 28)
+    h = load_dataset("mnist5k-12")  # the same split at 12x12: the centre 24x24 averaged over 2x2 blocks
+    assert h.in_shape == (1, 12, 12) and np.array_equal(h.test.labels, m.test.labels)
+    block = m.test.images[7, 0, 2 + 6:2 + 8, 2 + 10:2 + 12].astype(int)
+    assert h.test.images[7, 0, 3, 5] == (block.sum() + 2) // 4
 
 
 def test_unknown_and_pathless():
