@@ -186,6 +186,12 @@ def clocking(board: Board, clock_mhz: float, baud: int):
     return pll, clock_hz, divisor
 
 
+# QPSNN_LUT_MAPPER=abc: synth_lattice's map_luts step with abc in place of abc9, whose reintegration trips an
+# assertion in yosys 0.70 (rtlil.cc:3091) on kernel-parallel designs; about 4x faster on them, too. Not the
+# default: the kept bitstreams are built with abc9 and must rebuild bit for bit.
+ABC_LUT_MAP = "techmap -map +/lattice/latches_map.v; abc -lut 4; clean"
+
+
 def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int):
     """amaranth's build plan of the whole board design (PLL, reset, UART host link, accelerator): the files and
     the yosys / nextpnr / pack script that `build` runs and `sweep --synth` runs up to nextpnr's packer."""
@@ -193,7 +199,11 @@ def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int):
 
     top = BoardTop(board, host_design(net, board, lanes, offsets, divisor), pll)
     synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", board.synth_opts)  # an escape hatch for yosys's own bugs
-    return board.platform().build(top, name=NAME, do_build=False, synth_opts=synth_opts,
+    overrides = {}
+    if os.environ.get("QPSNN_LUT_MAPPER", "abc9") == "abc":
+        overrides = {"synth_opts": f"{synth_opts} -run :map_luts",
+                     "script_after_synth": f"{ABC_LUT_MAP}; synth_{board.family} {synth_opts} -top {NAME} -run map_cells:"}
+    return board.platform().build(top, name=NAME, do_build=False, **{"synth_opts": synth_opts, **overrides},
                                   nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail {board.nextpnr_opts}")
 
 

@@ -156,3 +156,22 @@ def test_lanes_auto_says_what_it_picked_and_why(tiny_net):
     lanes, why = auto_lanes(net, unlimited, 9)
     assert lanes == 16 and "needs 576 multipliers" in why and "156 DSP blocks" in why
     assert auto_lanes(tiny_net, BOARDS["icebreaker"], 1)[0] == 1
+
+
+@pytest.mark.parametrize("mapper", ["abc9", "abc"])
+def test_lut_mapper_escape_hatch_swaps_only_the_lut_mapping_step(tmp_path, monkeypatch, mapper):
+    """QPSNN_LUT_MAPPER=abc runs synth_ecp5 up to map_luts, maps LUTs with abc, then resumes at map_cells; the
+    default script is amaranth's plain synth_ecp5 (the kept bitstreams are built with it)."""
+    from qpsnn.hw.board_build import NAME, board_plan, clocking
+
+    monkeypatch.setenv("QPSNN_LUT_MAPPER", mapper)
+    board = BOARDS["ulx3s-85f"]
+    net = fold(random_model("c4-p2-c8-p2-fc10", in_shape=(1, 8, 8), timesteps=2), lanes=4)
+    pll, _, divisor = clocking(board, 25.0, 115200)
+    board_plan(net, board, 4, 1, pll, divisor).extract(str(tmp_path))
+    script = (tmp_path / f"{NAME}.ys").read_text()
+    if mapper == "abc":
+        assert "synth_ecp5 -nolutram -run :map_luts" in script
+        assert "abc -lut 4; clean; synth_ecp5 -nolutram -top qpsnn -run map_cells:" in script
+    else:
+        assert "map_luts" not in script and "abc -lut" not in script
