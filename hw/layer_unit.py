@@ -14,8 +14,7 @@ catches the hazard and a wrong offset-to-bank mapping.
 
 Fire scan: cycle n reads neuron n (window-major address; with banks, its bank and word); cycle n+1
 compares with the threshold, resets, leaks, adds the bias, writes back, reports the trace and emits the
-OR-pooled spikes of each window. With banks, each bank has its own fire datapath beside its event adder and
-writes back its own word; only the scanned bank's spikes (and trace) are gathered. On the last timestep it writes each neuron's initial value (its bias)
+OR-pooled spikes of each window. On the last timestep it writes each neuron's initial value (its bias)
 instead, ready for the next sample; an ``init`` scan does only that, without trace or spikes.
 """
 from __future__ import annotations
@@ -35,9 +34,8 @@ from .params import LaneParams, cmul, packed_memory, saturate, ubits
 from .records import ADDR_BITS, trace_layout
 
 # deliberate bugs for the benches to catch: "bank-offset": bank row 0 takes bank row 1's kernel offset;
-# "no-reset": the encoder's LIF stages forget the reset after a spike; "fire-bank": the fire scan gathers the
-# spikes and membranes of the next bank instead of the scanned one
-FAULTS = ("bank-offset", "no-reset", "fire-bank")
+# "no-reset": the encoder's LIF stages forget the reset after a spike
+FAULTS = ("bank-offset", "no-reset")
 
 
 def entry_of(geo: LayerGeometry) -> data.StructLayout:
@@ -244,41 +242,29 @@ class LayerUnit(wiring.Component):
             with m.If(s1_ev & s1_ev_ok[k]):
                 m.d.comb += [wp.addr.eq(s1_ev_addr[k]), wp.data.eq(Cat(*lanes)), wp.en.eq(1)]
 
-        # ---------------------------------------------------------------- stage 1: fire, per bank
-        # every bank fires its own word beside its own event adder and writes it back itself; only the scanned
-        # bank's P spike bits (and, for the benches, its membranes) are gathered, so no P x V-bit word travels
-        # from nine banks to one fire path and back
+        # ---------------------------------------------------------------- stage 1: fire
+        current = Array(rp.data for rp, _ in banks)[s1_bank] if g.banks > 1 else banks[0][0].data
+        spikes = Signal(P)
         lanes_ok = Signal(P)
         m.d.comb += lanes_ok.eq(lanes_of(s1_grp))
-        bank_spikes, bank_vs = [], []
-        for k, (rp, wp) in enumerate(banks):
-            one = g.banks == 1  # a single bank keeps the names it had before banks fired on their own
-            spikes_k = Signal(P, name="spikes" if one else f"spikes{k}")
-            vs, nxt = [], []
-            for j in range(P):
-                v = Signal(signed(V), name=f"v{j}" if one else f"v{k}_{j}")
-                m.d.comb += v.eq(rp.data.word_select(j, V).as_signed())
-                vs.append(v)
-                bi = params.r_bias[j]
-                if g.fires:
-                    m.d.comb += spikes_k[j].eq(lanes_ok[j] & (v >= params.r_theta[j]))
-                    after = saturate((Mux(spikes_k[j], 0, v) >> self.leak_shift) + bi, V)
-                else:
-                    after = saturate(v + bi, V)
-                nxt.append(Mux(s1_last_t, bi, after)[:V])
-            with m.If(s1_fire):
+        vs, nxt = [], []
+        for j in range(P):
+            v = Signal(signed(V), name=f"v{j}")
+            m.d.comb += v.eq(current.word_select(j, V).as_signed())
+            vs.append(v)
+            bi = params.r_bias[j]
+            if g.fires:
+                m.d.comb += spikes[j].eq(lanes_ok[j] & (v >= params.r_theta[j]))
+                after = saturate((Mux(spikes[j], 0, v) >> self.leak_shift) + bi, V)
+            else:
+                after = saturate(v + bi, V)
+            nxt.append(Mux(s1_last_t, bi, after)[:V])
+        with m.If(s1_fire):
+            for k, (_, wp) in enumerate(banks):
                 m.d.comb += [wp.addr.eq(s1_scan_addr), wp.data.eq(Cat(*nxt)), wp.en.eq(s1_bank == k)]
-            bank_spikes.append(spikes_k)
-            bank_vs.append(vs)
-        if g.banks > 1:
-            pick = Mux(s1_bank == g.banks - 1, 0, s1_bank + 1) if self.fault == "fire-bank" else s1_bank
-            spikes = Array(bank_spikes)[pick]
-            fired_v = [Array(vs[j] for vs in bank_vs)[pick] for j in range(P)]
-        else:
-            spikes, fired_v = bank_spikes[0], bank_vs[0]
         tr = self.trace
         m.d.comb += [tr.valid.eq(s1_fire & ~s1_init), tr.addr.eq(s1_addr), tr.lanes.eq(lanes_ok),
-                     tr.spikes.eq(spikes)] + [tr.v[j].eq(fired_v[j]) for j in range(P)]
+                     tr.spikes.eq(spikes)] + [tr.v[j].eq(vs[j]) for j in range(P)]
 
         # spikes out: OR over the pool window (consecutive addresses), one queue entry per window
         if g.fires:

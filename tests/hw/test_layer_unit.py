@@ -185,15 +185,3 @@ def test_wrong_offset_to_bank_mapping_is_caught():
     want = _scalar_reference(codes, 2, bias, events, 6, 6)
     wrong = [(idx, v) for idx, v, _ in trace if v != want[idx]]
     assert wrong and all(idx[1] % 3 == 0 for idx, _ in wrong)  # only outputs in bank row 0 go wrong
-
-
-def test_fire_scan_gathering_the_wrong_bank_is_caught():
-    """A deliberate bug (the fire scan reports the next bank's word instead of the scanned one's): the
-    membranes the per-bank fire paths report no longer match the scalar reference, while each bank still
-    fires and writes back its own word."""
-    codes, bias, entries, events = _random_conv_case()
-    geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=4, pool=2, offsets=9)
-    in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=4, pool=1)
-    want = _scalar_reference(codes, 2, bias, events, 6, 6)
-    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, fault="fire-bank")
-    assert any(v != want[idx] for idx, v, _ in trace)
