@@ -22,6 +22,11 @@ from .weight_store import WeightStore
 SPRAM_WORTH_BITS = 16384
 
 
+def in_offset(addr, offset: int, rows: int):
+    """Whether a flat, offset-major word address falls in kernel offset ``offset``'s rows."""
+    return (addr >= offset * rows) & (addr < (offset + 1) * rows)
+
+
 class KernelWeights(wiring.Component):
     def __init__(self, words_per_store: int, width: int, stores: int = 1, spram: bool = False):
         self.words, self.width, self.stores = max(2, words_per_store), width, stores
@@ -42,7 +47,7 @@ class KernelWeights(wiring.Component):
         for o in range(self.stores):
             store = WeightStore(self.words, self.width, self.spram)
             m.submodules[f"offset{o}" if self.stores > 1 else "store"] = store
-            inside = (self.w_addr >= o * N) & (self.w_addr < (o + 1) * N) if self.stores > 1 else 1
+            inside = in_offset(self.w_addr, o, N) if self.stores > 1 else 1
             m.d.comb += [store.w_addr.eq(self.w_addr - o * N), store.w_data.eq(self.w_data),
                          store.w_en.eq(self.w_en & inside),
                          store.r_addr.eq(Mux(self.rd, self.rd_addr - o * N, self.r_addr)),
@@ -88,15 +93,16 @@ class BankWeights(wiring.Component):
         m = Module()
         N = self.rows
         r_addr = cmul(self.phase, N) + self.r_row
+        writes = [in_offset(self.w_addr, o, N) for o in range(PARALLEL_OFFSETS)]  # one compare per offset
         for k in range(PARALLEL_OFFSETS):
             m.submodules[f"bank{k}"] = store = WeightStore(self.depth, self.width)
             m.d.comb += [store.w_data.eq(self.w_data), self.r_data[k].eq(store.r_data), store.r_addr.eq(r_addr)]
             for o in range(PARALLEL_OFFSETS):  # offset o's rows go to the phase that brings o to bank k
-                with m.If((self.w_addr >= o * N) & (self.w_addr < (o + 1) * N)):
+                with m.If(writes[o]):
                     m.d.comb += [store.w_addr.eq(self.w_addr + (phase_of(k, o, self.fault_row) - o) * N),
                                  store.w_en.eq(self.w_en)]
                 if k == 0:
-                    with m.If(self.rd & (self.rd_addr >= o * N) & (self.rd_addr < (o + 1) * N)):
+                    with m.If(self.rd & in_offset(self.rd_addr, o, N)):
                         m.d.comb += store.r_addr.eq(self.rd_addr + (phase_of(0, o) - o) * N)
         m.d.comb += self.rd_data.eq(self.r_data[0])
         return m
