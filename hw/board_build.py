@@ -133,7 +133,8 @@ def host_design(net, board: Board, lanes: int, offsets: int, divisor: int = 104)
     from .uart_host import UARTHost
 
     geo = geometry_of(net, lanes, offsets)
-    return UARTHost(Accelerator(geo, weights_in_spram=board.weights_in_spram), divisor, max_payload=board.max_payload)
+    accel = Accelerator(geo, weights_in_spram=board.weights_in_spram, small_in_bram=board.small_in_bram)
+    return UARTHost(accel, divisor, max_payload=board.max_payload)
 
 
 DSP_RESERVE = 12  # DSP blocks left for what yosys maps besides the encoder's products

@@ -26,6 +26,7 @@ class Board:
     dsp: int = 0
     default_offsets: int = 9  # kernel offsets per cycle: 9 where block RAMs are many, 1 where they are scarce
     weights_in_spram: bool = False
+    small_in_bram: bool = False  # memories of a few hundred bits in block RAM too: blocks to spare, logic scarce
     max_payload: int = 1024  # the host link's frame buffer
     synth_opts: str = ""  # extra options of yosys's synth_ice40 / synth_ecp5
     nextpnr_opts: str = ""  # extra options of nextpnr
@@ -41,7 +42,7 @@ class Board:
 BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "ICEBreakerPlatform", "icebreaker", "clk12", 12.0, 18.0,
                         5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_offsets=1,
-                        weights_in_spram=True, max_payload=512, max_auto_lanes=1,  # P=2 needs 5,601 LCs
+                        weights_in_spram=True, small_in_bram=True, max_payload=512, max_auto_lanes=1,  # P=2 needs 5,601 LCs
                         synth_opts="-dsp", pnr_device=("--up5k", "--package", "sg48")),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
     "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 40.0,
                        # serial by default and P <= 16 from auto: what places, routes and meets timing here today

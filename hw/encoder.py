@@ -38,10 +38,10 @@ LATENCY = ENCODER_LATENCY  # issue -> image/weight data -> products -> current -
 
 class Encoder(wiring.Component):
     def __init__(self, geo: LayerGeometry, timesteps: int, leak_shift: int, data_bits: int,
-                 weights_in_spram: bool = False, fault: str | None = None):
+                 weights_in_spram: bool = False, fault: str | None = None, small_in_bram: bool = False):
         assert geo.kind == "conv" and geo.first
         self.geo, self.T, self.leak_shift, self.weights_in_spram = geo, timesteps, leak_shift, weights_in_spram
-        self.fault = fault
+        self.fault, self.small_in_bram = fault, small_in_bram
         self.taps = geo.weight_memories  # 9: kernel-parallel, 1: one offset per cycle
         # one offset per cycle leaves 9 C issue cycles per neuron: room for one LIF datapath to step through T
         self.serial_lif = self.taps == 1 and timesteps <= PARALLEL_OFFSETS * geo.in_channels
@@ -109,7 +109,8 @@ class Encoder(wiring.Component):
 
         # ------------------------------------------------------------ weights, thresholds, biases
         m.submodules.weights = wts = KernelWeights(C * G * (PARALLEL_OFFSETS // taps), P * b, taps, self.weights_in_spram)
-        m.submodules.params = params = LaneParams(P, V, G, fires=True, per_channel=True)
+        m.submodules.params = params = LaneParams(P, V, G, fires=True, per_channel=True,
+                                                       small_in_bram=self.small_in_bram)
         m.d.comb += [wts.w_addr.eq(self.cfg_addr), wts.w_data.eq(self.cfg_data),
                      wts.w_en.eq(self.cfg_en & (self.cfg_region == 0)), wts.rd.eq(self.cfg_rd), wts.rd_addr.eq(self.cfg_addr)]
         m.d.comb += [params.cfg_en.eq(self.cfg_en), params.cfg_region.eq(self.cfg_region), params.cfg_addr.eq(self.cfg_addr),

@@ -4,7 +4,8 @@ that refuses a model before synthesis, naming the memory that does not fit.
 The list is read from the elaborated design itself (each `amaranth.lib.memory.Memory` and each SPRAM
 instance, with its path), not kept as a hand copy, so it cannot drift from the RTL. The block counts follow
 the block RAM configurations of each family (the best aspect ratio per memory), as yosys's memory mapper
-picks; a memory marked ``ram_style = "logic"`` stays in flip-flops.
+picks; a memory marked ``ram_style = "logic"`` stays in flip-flops, one marked ``"block"`` takes a block
+however small.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def design_memories(design) -> list[MemoryUse]:
             here = path + (str(name),)
             if isinstance(sub, MemoryInstance):
                 width = Shape.cast(sub._data.shape).width
-                logic = sub._attrs.get("ram_style") == "logic" or in_logic(width, sub._data.depth)
+                style = sub._attrs.get("ram_style")
+                logic = style == "logic" or (style is None and in_logic(width, sub._data.depth))
                 out.append(MemoryUse(".".join(here), sub._data.depth, width, logic=logic))
             elif isinstance(sub, Instance):
                 if sub.type == SPRAM_CELL:

