@@ -59,9 +59,9 @@ bench-link file=model:
 
 # the kept bitstreams, rebuilt from the models kept beside them (v2: see the README's throughput table), then the manifest
 bitstreams:
-    qpsnn build bitstreams/icebreaker/digits/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits
+    qpsnn build bitstreams/icebreaker/digits/model.qpsnn --board icebreaker --lanes 2 --clock 16 --out bitstreams/icebreaker/digits
     qpsnn build bitstreams/icebreaker/digits-c8/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits-c8
-    qpsnn build bitstreams/icebreaker/digits-fast/model.qpsnn --board icebreaker --lanes 1 --clock 16 --out bitstreams/icebreaker/digits-fast
+    qpsnn build bitstreams/icebreaker/digits-fast/model.qpsnn --board icebreaker --lanes 2 --clock 16 --out bitstreams/icebreaker/digits-fast
     qpsnn build bitstreams/ulx3s-85f/digits/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 35 --out bitstreams/ulx3s-85f/digits
     qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 30 --out bitstreams/ulx3s-85f/mnist5k
     qpsnn build --write-manifest

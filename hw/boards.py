@@ -42,7 +42,8 @@ class Board:
 BOARDS = {
     "icebreaker": Board("icebreaker", "ice40", "iCE40UP5K-SG48", "ICEBreakerPlatform", "icebreaker", "clk12", 12.0, 18.0,
                         5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_offsets=1,
-                        weights_in_spram=True, small_in_bram=True, max_payload=512, max_auto_lanes=1,  # P=2 needs 5,601 LCs
+                        weights_in_spram=True, small_in_bram=True, max_payload=512,
+                        max_auto_lanes=2,  # P=2 digits: 4,629-4,732 LCs with small memories in block RAM; P=4 does not place
                         synth_opts="-dsp", pnr_device=("--up5k", "--package", "sg48")),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
     "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 40.0,
                        # serial by default and P <= 16 from auto: what places, routes and meets timing here today

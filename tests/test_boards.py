@@ -215,7 +215,12 @@ def test_lanes_auto_says_what_it_picked_and_why(tiny_net):
     unlimited = dataclasses.replace(BOARDS["ulx3s-85f"], max_auto_lanes=64)
     lanes, why = auto_lanes(net, unlimited, 9)
     assert lanes == 16 and "needs 576 multipliers" in why and "156 DSP blocks" in why
-    assert auto_lanes(tiny_net, BOARDS["icebreaker"], 1)[0] == 1
+    lanes, why = auto_lanes(tiny_net, BOARDS["icebreaker"], 1)
+    assert lanes == 2 and "the board's limit for automatic lanes (2" in why
+    # the T=4 8/16-channel digits network needs 31 blocks at P=2 (30 exist): auto falls back to P=1 and says why
+    c8 = modelfile.load(Path(__file__).parents[1] / "bitstreams" / "icebreaker" / "digits-c8" / "model.qpsnn")
+    lanes, why = auto_lanes(c8, BOARDS["icebreaker"], 1)
+    assert lanes == 1 and "P=2" in why and "31 SB_RAM40_4K" in why
 
 
 @pytest.mark.parametrize("mapper", ["abc9", "abc"])
