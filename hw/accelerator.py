@@ -24,14 +24,15 @@ from .records import ADDR_BITS, result_layout, trace_layout
 
 class Accelerator(wiring.Component):
     def __init__(self, geo: Geometry, capacities: Capacities | None = None, forwarding: bool = True,
-                 weights_in_spram: bool = False, fault: str | None = None, small_in_bram: bool = False):
+                 weights_in_spram: bool = False, fault: str | None = None, small_in_bram: bool = False,
+                 membrane_style: str | None = None):
         if geo.lanes & (geo.lanes - 1):
             raise ValueError(f"lanes must be a power of two, got {geo.lanes}")
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
         check_fits(geo, capacities or Capacities.exactly(geo))
         self.geo, self.forwarding, self.weights_in_spram, self.fault = geo, forwarding, weights_in_spram, fault
-        self.small_in_bram = small_in_bram
+        self.small_in_bram, self.membrane_style = small_in_bram, membrane_style
         P, V, K, T = geo.lanes, geo.membrane_bits, geo.classes, geo.timesteps
         self.data_bits = max(max(l.word_bits for l in geo.layers), V)
         super().__init__({
@@ -58,7 +59,7 @@ class Accelerator(wiring.Component):
         units = [enc]
         for i, lg in enumerate(geo.layers[1:], start=1):
             unit = LayerUnit(lg, geo.leak_shift, geo.layers[i - 1], self.data_bits, T, self.forwarding,
-                             self.weights_in_spram, self.fault, self.small_in_bram)
+                             self.weights_in_spram, self.fault, self.small_in_bram, self.membrane_style)
             m.submodules[f"layer{i}"] = unit
             prev = units[-1]
             m.d.comb += [unit.q_valid.eq(prev.spike_valid), unit.q_data.eq(prev.spikes if i == 1 else prev.spike)]

@@ -133,7 +133,8 @@ def host_design(net, board: Board, lanes: int, offsets: int, divisor: int = 104)
     from .uart_host import UARTHost
 
     geo = geometry_of(net, lanes, offsets)
-    accel = Accelerator(geo, weights_in_spram=board.weights_in_spram, small_in_bram=board.small_in_bram)
+    accel = Accelerator(geo, weights_in_spram=board.weights_in_spram, small_in_bram=board.small_in_bram,
+                        membrane_style=board.flow(offsets).membranes)
     return UARTHost(accel, divisor, max_payload=board.max_payload)
 
 
@@ -187,9 +188,10 @@ def clocking(board: Board, clock_mhz: float, baud: int):
     return pll, clock_hz, divisor
 
 
-# QPSNN_LUT_MAPPER=abc: synth_lattice's map_luts step with abc in place of abc9, whose reintegration trips an
-# assertion in yosys 0.70 (rtlil.cc:3091) on kernel-parallel designs; about 4x faster on them, too. Not the
-# default: the kept bitstreams are built with abc9 and must rebuild bit for bit.
+# lut_mapper "abc" (a board's kernel-parallel flow, or QPSNN_LUT_MAPPER=abc): synth_lattice's map_luts step with
+# abc in place of abc9, whose reintegration trips an assertion in yosys 0.70 (rtlil.cc:3091) on kernel-parallel
+# designs; about 4x faster on them, too. Not the default: the serial bitstreams are built with abc9 and must
+# rebuild bit for bit.
 ABC_LUT_MAP = "techmap -map +/lattice/latches_map.v; abc -lut 4; clean"
 
 
@@ -199,13 +201,14 @@ def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int):
     from .board_top import BoardTop
 
     top = BoardTop(board, host_design(net, board, lanes, offsets, divisor), pll)
-    synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", board.synth_opts)  # an escape hatch for yosys's own bugs
+    flow = board.flow(offsets)
+    synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", flow.synth_opts)  # escape hatches for yosys's own bugs
     overrides = {}
-    if os.environ.get("QPSNN_LUT_MAPPER", "abc9") == "abc":
+    if os.environ.get("QPSNN_LUT_MAPPER", flow.lut_mapper) == "abc":
         overrides = {"synth_opts": f"{synth_opts} -run :map_luts",
                      "script_after_synth": f"{ABC_LUT_MAP}; synth_{board.family} {synth_opts} -top {NAME} -run map_cells:"}
     return board.platform().build(top, name=NAME, do_build=False, **{"synth_opts": synth_opts, **overrides},
-                                  nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail {board.nextpnr_opts}")
+                                  nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail {flow.nextpnr_opts}")
 
 
 def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,

@@ -8,6 +8,17 @@ from qpsnn.sw.errors import QpsnnError
 
 
 @dataclass(frozen=True)
+class Flow:
+    """How yosys and nextpnr run for one kind of design on a board. ``lut_mapper`` "abc" maps LUTs with abc
+    instead of abc9 (`board_build.ABC_LUT_MAP`); ``membranes`` is the ram_style of a kernel-parallel layer's
+    interleaved membrane banks (None: the family's block RAM)."""
+    synth_opts: str = ""
+    nextpnr_opts: str = ""
+    lut_mapper: str = "abc9"
+    membranes: str | None = None
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     family: str  # ice40 | ecp5
@@ -32,6 +43,12 @@ class Board:
     nextpnr_opts: str = ""  # extra options of nextpnr
     max_auto_lanes: int = 64  # where logic, not memory, runs out first: the largest P `--lanes auto` tries
     pnr_device: tuple = ()  # nextpnr's device options (what amaranth's build script passes), for pack-only counts
+    kernel_parallel: Flow | None = None  # the flow of kernel-parallel builds where it differs from the serial one
+
+    def flow(self, offsets: int) -> Flow:
+        if offsets > 1 and self.kernel_parallel is not None:
+            return self.kernel_parallel
+        return Flow(self.synth_opts, self.nextpnr_opts)
 
     def platform(self):
         import importlib
@@ -53,6 +70,10 @@ BOARDS = {
                        # digits design, which it does not avoid; kept so the kept bitstreams rebuild bit for bit.
                        # router2: router1 did not converge on the kernel-parallel MNIST design (docs/DESIGN.md)
                        synth_opts="-nolutram", nextpnr_opts="--router router2",
+                       # kernel-parallel: what made it route (docs/DESIGN.md, "Boards"): the nine membrane banks in
+                       # LUT RAM beside their adders instead of 72 block RAMs in the block RAM rows, nextpnr's
+                       # static placer, abc for the LUTs (abc9 trips yosys 0.70's assertion on this design)
+                       kernel_parallel=Flow("", "--router router2 --placer static", "abc", "distributed"),
                        pnr_device=("--85k", "--package", "CABGA381", "--speed", "6")),
 }
 

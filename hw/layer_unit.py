@@ -46,10 +46,11 @@ def entry_of(geo: LayerGeometry) -> data.StructLayout:
 class LayerUnit(wiring.Component):
     def __init__(self, geo: LayerGeometry, leak_shift: int, in_geo: LayerGeometry, data_bits: int, timesteps: int,
                  forwarding: bool = True, weights_in_spram: bool = False, fault: str | None = None,
-                 small_in_bram: bool = False):
+                 small_in_bram: bool = False, membrane_style: str | None = None):
         assert not geo.first
         self.geo, self.leak_shift, self.in_geo, self.forwarding = geo, leak_shift, in_geo, forwarding
         self.weights_in_spram, self.fault, self.small_in_bram = weights_in_spram, fault, small_in_bram
+        self.membrane_style = membrane_style  # ram_style of interleaved membrane banks (the board's flow)
         self.regions = timesteps if in_geo.first else 1  # the encoder queues every timestep at once
         P, V = geo.lanes, geo.membrane_bits
         self.y_bits = ubits(max(geo.height, geo.in_height))
@@ -86,7 +87,8 @@ class LayerUnit(wiring.Component):
         m.submodules.params = params = LaneParams(P, V, G, g.fires, small_in_bram=self.small_in_bram)
         banks = []
         for k in range(g.banks):
-            mem = packed_memory(P * V, g.bank_words, small_in_bram=self.small_in_bram)
+            mem = packed_memory(P * V, g.bank_words, small_in_bram=self.small_in_bram,
+                                style=self.membrane_style if banked else None)
             m.submodules[f"membrane{k}" if g.banks > 1 else "membrane"] = mem
             wp = mem.write_port()
             rp = mem.read_port(transparent_for=(wp,) if self.forwarding else ())

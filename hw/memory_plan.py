@@ -4,8 +4,8 @@ that refuses a model before synthesis, naming the memory that does not fit.
 The list is read from the elaborated design itself (each `amaranth.lib.memory.Memory` and each SPRAM
 instance, with its path), not kept as a hand copy, so it cannot drift from the RTL. The block counts follow
 the block RAM configurations of each family (the best aspect ratio per memory), as yosys's memory mapper
-picks; a memory marked ``ram_style = "logic"`` stays in flip-flops, one marked ``"block"`` takes a block
-however small.
+picks; a memory marked ``ram_style = "logic"`` stays in flip-flops (``"distributed"``: in LUT RAM), one marked
+``"block"`` takes a block however small.
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ SPRAM_SHAPE = (16384, 16)
 SPRAM_CELL = "SB_SPRAM256KA"
 SMALL_MEMORY_BITS = 256  # kept in flip-flops: a block RAM for a handful of bits wastes a scarce block
 SHALLOW_WORDS = 4  # a memory this shallow stays in flip-flops whatever its width (a wide one would take many blocks)
+
+
+LOGIC_STYLES = ("logic", "distributed")  # flip-flops, LUT RAM: no block either way
 
 
 def in_logic(width: int, depth: int) -> bool:
@@ -62,7 +65,7 @@ def design_memories(design) -> list[MemoryUse]:
                 style = sub._attrs.get("ram_style")
                 # a memory without a style (a library FIFO) stays in flip-flops only when yosys keeps it there:
                 # when it is a few words deep, however few bits it holds
-                logic = style == "logic" or (style is None and sub._data.depth <= SHALLOW_WORDS)
+                logic = style in LOGIC_STYLES or (style is None and sub._data.depth <= SHALLOW_WORDS)
                 out.append(MemoryUse(".".join(here), sub._data.depth, width, logic=logic))
             elif isinstance(sub, Instance):
                 if sub.type == SPRAM_CELL:

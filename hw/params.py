@@ -30,11 +30,13 @@ def saturate(value, bits: int):
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
 
 
-def packed_memory(width: int, depth: int, shape=None, small_in_bram: bool = False) -> Memory:
+def packed_memory(width: int, depth: int, shape=None, small_in_bram: bool = False,
+                  style: str | None = None) -> Memory:
     """A memory that stays in flip-flops when a block RAM would hold only a handful of bits, unless the board
-    has blocks to spare and logic to save (``small_in_bram``, the iCE40 UP5K): then it takes a block anyway."""
+    has blocks to spare and logic to save (``small_in_bram``, the iCE40 UP5K): then it takes a block anyway.
+    ``style``: the ram_style of a bigger one (``"distributed"``: LUT RAM) where the board's flow says so."""
     depth = max(2, depth)
-    attrs = None
+    attrs = {"ram_style": style} if style else None
     if in_logic(width, depth):
         attrs = {"ram_style": "block" if small_in_bram and depth > SHALLOW_WORDS else "logic"}
     return Memory(shape=shape if shape is not None else unsigned(width), depth=depth, init=[], attrs=attrs)

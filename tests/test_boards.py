@@ -240,3 +240,24 @@ def test_lut_mapper_escape_hatch_swaps_only_the_lut_mapping_step(tmp_path, monke
         assert "abc -lut 4; clean; synth_ecp5 -nolutram -top qpsnn -run map_cells:" in script
     else:
         assert "map_luts" not in script and "abc -lut" not in script
+
+
+def test_kernel_parallel_builds_take_the_boards_kernel_parallel_flow(tmp_path):
+    """On the ULX3S a kernel-parallel build puts its membrane banks in LUT RAM (the plan counts no block for
+    them), maps LUTs with abc and places with nextpnr's static placer; a serial build of the same network keeps
+    the serial flow (block RAM, abc9, -nolutram, HeAP), so the serial bitstreams rebuild bit for bit."""
+    from qpsnn.hw.board_build import NAME, board_plan, clocking
+
+    board = BOARDS["ulx3s-85f"]
+    net = fold(random_model("c4-p2-c8-p2-fc10", in_shape=(1, 8, 8), timesteps=2), lanes=4)
+    pll, _, divisor = clocking(board, 25.0, 115200)
+    for offsets in (1, 9):
+        rows = budget(design_memories(host_design(net, board, 4, offsets)), board).rows
+        banks = [(mem, kind) for mem, _, kind in rows if ".layer1.membrane" in mem.name]
+        assert len(banks) == (9 if offsets == 9 else 1)
+        assert {kind for _, kind in banks} == {"logic" if offsets == 9 else board.bram_name}
+        out = tmp_path / str(offsets)
+        board_plan(net, board, 4, offsets, pll, divisor).extract(str(out))
+        script, steps = (out / f"{NAME}.ys").read_text(), (out / f"build_{NAME}.sh").read_text()
+        assert ("abc -lut 4" in script) == (offsets == 9) and ("-nolutram" in script) == (offsets == 1)
+        assert ("--placer static" in steps) == (offsets == 9)
