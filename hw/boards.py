@@ -70,9 +70,9 @@ BOARDS = {
                        # digits design, which it does not avoid; kept so the kept bitstreams rebuild bit for bit.
                        # router2: router1 did not converge on the kernel-parallel MNIST design (docs/DESIGN.md)
                        synth_opts="-nolutram", nextpnr_opts="--router router2",
-                       # kernel-parallel: what made it route (docs/DESIGN.md, "Boards"): the nine membrane banks in
-                       # LUT RAM beside their adders instead of 72 block RAMs in the block RAM rows, nextpnr's
-                       # static placer, abc for the LUTs (abc9 trips yosys 0.70's assertion on this design)
+                       # kernel-parallel: the flow that routes it (docs/DESIGN.md, "Boards"): the nine membrane banks
+                       # in LUT RAM beside their adders instead of 72 block RAMs, nextpnr's static placer (neither
+                       # alone did), abc for the LUTs (abc9 trips yosys 0.70's assertion on this design)
                        kernel_parallel=Flow("", "--router router2 --placer static", "abc", "distributed"),
                        pnr_device=("--85k", "--package", "CABGA381", "--speed", "6")),
 }
