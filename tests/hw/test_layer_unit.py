@@ -185,3 +185,17 @@ def test_wrong_offset_to_bank_mapping_is_caught():
     want = _scalar_reference(codes, 2, bias, events, 6, 6)
     wrong = [(idx, v) for idx, v, _ in trace if v != want[idx]]
     assert wrong and all(idx[1] % 3 == 0 for idx, _ in wrong)  # only outputs in bank row 0 go wrong
+
+
+def test_interleaved_bank_hazard_needs_forwarding():
+    """With all six channels in one group (P=8), the events of one queue entry (same position, consecutive input
+    channels) update the same bank words on consecutive cycles: with forwarding (each bank's read port
+    transparent for its write port) the scalar reference's membranes, without it updates are lost."""
+    codes, bias, entries, events = _random_conv_case()
+    geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=8, pool=2, offsets=9)
+    in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=8, pool=1)
+    want = _scalar_reference(codes, 2, bias, events, 6, 6)
+    for forwarding in (True, False):
+        trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, forwarding=forwarding)
+        assert len(trace) == 6 * 36
+        assert all(v == want[idx] for idx, v, _ in trace) == forwarding
