@@ -39,16 +39,13 @@ class Board:
     weights_in_spram: bool = False
     small_in_bram: bool = False  # memories of a few hundred bits in block RAM too: blocks to spare, logic scarce
     max_payload: int = 1024  # the host link's frame buffer
-    synth_opts: str = ""  # extra options of yosys's synth_ice40 / synth_ecp5
-    nextpnr_opts: str = ""  # extra options of nextpnr
+    serial: Flow = Flow()  # yosys's extra synth_ice40 / synth_ecp5 options and nextpnr's, of serial builds
     max_auto_lanes: int = 64  # where logic, not memory, runs out first: the largest P `--lanes auto` tries
     pnr_device: tuple = ()  # nextpnr's device options (what amaranth's build script passes), for pack-only counts
     kernel_parallel: Flow | None = None  # the flow of kernel-parallel builds where it differs from the serial one
 
     def flow(self, offsets: int) -> Flow:
-        if offsets > 1 and self.kernel_parallel is not None:
-            return self.kernel_parallel
-        return Flow(self.synth_opts, self.nextpnr_opts)
+        return self.kernel_parallel if offsets > 1 and self.kernel_parallel is not None else self.serial
 
     def platform(self):
         import importlib
@@ -61,7 +58,7 @@ BOARDS = {
                         5280, "LC", 30, 4096, "SB_RAM40_4K", spram=4, dsp=8, default_offsets=1,
                         weights_in_spram=True, small_in_bram=True, max_payload=512,
                         max_auto_lanes=2,  # P=2 digits: 4,629-4,732 LCs with small memories in block RAM; P=4 does not place
-                        synth_opts="-dsp", pnr_device=("--up5k", "--package", "sg48")),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
+                        serial=Flow("-dsp"), pnr_device=("--up5k", "--package", "sg48")),  # the encoder's multipliers in the SB_MAC16 blocks, not in logic
     "ulx3s-85f": Board("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C", "ULX3S_85F_Platform", "ulx3s", "clk25", 25.0, 40.0,
                        # serial by default and P <= 16 from auto: what places, routes and meets timing here today
                        # (the kernel-parallel build does not yet route; docs/DESIGN.md, "Boards")
@@ -69,7 +66,7 @@ BOARDS = {
                        # no LUT RAM: tried against yosys 0.70's abc9 assertion (rtlil.cc:3091) on the kernel-parallel
                        # digits design, which it does not avoid; kept so the kept bitstreams rebuild bit for bit.
                        # router2: router1 did not converge on the kernel-parallel MNIST design (docs/DESIGN.md)
-                       synth_opts="-nolutram", nextpnr_opts="--router router2",
+                       serial=Flow("-nolutram", "--router router2"),
                        # kernel-parallel: the flow that routes it (docs/DESIGN.md, "Boards"): the nine membrane banks
                        # in LUT RAM beside their adders instead of 72 block RAMs, nextpnr's static placer (neither
                        # alone did), abc for the LUTs (abc9 trips yosys 0.70's assertion on this design)

