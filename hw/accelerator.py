@@ -1,8 +1,8 @@
 """The event-driven QP-SNN accelerator: the first layer's spike-train `Encoder`, one `LayerUnit` per later
 layer, a sequencer, a running argmax, and a cycle counter.
 
-Per sample: LOAD (the pixels into the encoder's image buffer), ENCODE (every first-layer neuron's current
-once, its spikes for all T timesteps into the second layer's queue regions), then for each timestep t and
+Per sample: ENCODE (the pixels into the encoder's image buffer and, overlapped with them, every first-layer
+neuron's current once, its spikes for all T timesteps into the second layer's queue regions), then for each timestep t and
 layer l >= 1: EV(l) (drain the spike queue) and FIRE(l); then the result (class, output potentials, cycles)
 is offered on the ``result`` stream, and every membrane is back at its initial value.
 """
@@ -82,23 +82,17 @@ class Accelerator(wiring.Component):
                 with m.If(self.init_start):
                     m.next = "INIT1" if n > 1 else "IDLE"
                 with m.Elif(self.pixels.valid):
-                    m.next = "LOAD"
+                    m.next = "ENCODE"
             for i, unit in enumerate(units[1:], start=1):  # every membrane to its bias
                 with m.State(f"INIT{i}"):
                     m.d.comb += [unit.fire_en.eq(1), unit.init.eq(1)]
                     with m.If(unit.fire_done):
                         m.next = f"INIT{i + 1}" if i + 1 < n else "IDLE"
-            with m.State("LOAD"):
-                m.d.comb += enc.load_en.eq(1)
-                # a cycle that waits for the host's next pixel is not the accelerator's work: not counted,
-                # so the count is the same whether pixels arrive back to back or over a slow link
-                with m.If(self.pixels.valid | enc.load_done):
-                    m.d.sync += cycle.eq(cycle + 1)
-                with m.If(enc.load_done):
-                    m.next = "ENCODE"
             with m.State("ENCODE"):
-                m.d.comb += enc.run_en.eq(1)
-                m.d.sync += cycle.eq(cycle + 1)
+                # a cycle that waits for the host's next pixel is not the accelerator's work: the encoder is
+                # frozen and the cycle not counted, so the count is the same however the pixels arrive
+                with m.If(enc.advance):
+                    m.d.sync += cycle.eq(cycle + 1)
                 with m.If(enc.run_done):
                     m.next = "EV1"
             for i, unit in enumerate(units[1:], start=1):
@@ -126,6 +120,10 @@ class Accelerator(wiring.Component):
                 with m.If(self.result.ready):
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~sequencer.ongoing("IDLE"))
+        # a plain assignment, not a statement of the FSM's process: the encoder's freeze depends on it, and a
+        # simulator that never runs that process before the first state change would leave it undefined
+        encoding = sequencer.ongoing("ENCODE")
+        m.d.comb += [enc.load_en.eq(encoding), enc.run_en.eq(encoding)]
 
         # trace: the encoder fills every slot; a layer in its fire scan reports in slot 0 (one at a time)
         def report(slot, record, layer, timestep):

@@ -4,7 +4,7 @@ The image is static, so the first layer's input current is the same at every tim
 whole spike train follows from that current alone. The encoder keeps the image (not events), computes each
 neuron's current once, output-stationary, and runs the T LIF steps of that neuron in a pipeline:
 
-    load:  the sample's pixels, raster order, into the image buffer (one per cycle)
+    load:  the sample's pixels, raster order, into the image buffer (one per cycle), while
     run:   for each group of P output channels, each neuron position in window-major order,
            each input channel: read its 3x3 neighbourhood and the P x 9 weights, multiply and add
            (``taps`` = 9: the whole neighbourhood per cycle from nine interleaved image banks;
@@ -12,6 +12,12 @@ neuron's current once, output-stationary, and runs the T LIF steps of that neuro
            LIF t = 0 .. T-1: V = sat(S + I); spike = V >= theta; S = sat(((spike ? 0 : V) >> leak) + bias)
            (T pipelined stages with ``taps`` = 9; with ``taps`` = 1 one stage steps through the T timesteps
            while the next neuron accumulates)
+
+Load and run overlap: a neuron is issued once the last pixel its window reads is in (`pixel_needed` in the
+cycle model, the same formula), so the first layer trails the incoming image by about one row instead of
+waiting for all of it. While the image is incomplete and no pixel is offered, the whole encoder is frozen
+(``advance`` low, an `EnableInserter`): a cycle spent waiting for the link is no cycle of the encoder's, and
+its schedule is the same however the pixels arrive.
 
 The integer semantics are the golden model's (`qpsnn.sw.golden`), only the schedule differs: trace record
 t of a neuron leaves LIF stage t, and its spikes (OR-pooled over the window) go to region t of the next
@@ -21,7 +27,7 @@ Latency from a neuron's last issue to its trace record t: ``LATENCY + t`` cycles
 """
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, EnableInserter, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -49,7 +55,7 @@ class Encoder(wiring.Component):
         self.entry = entry_layout(P, ubits(geo.groups), ubits(geo.pooled_height), ubits(geo.pooled_width))
         super().__init__({
             "pixels": In(stream.Signature(unsigned(8))),
-            "load_en": In(1), "load_done": Out(1), "run_en": In(1), "run_done": Out(1),
+            "load_en": In(1), "load_done": Out(1), "run_en": In(1), "run_done": Out(1), "advance": Out(1),
             "cfg_en": In(1), "cfg_region": In(2), "cfg_addr": In(ADDR_BITS), "cfg_data": In(data_bits),
             "cfg_rd": In(1), "cfg_rd_data": Out(data_bits),
             "spike_valid": Out(timesteps), "spikes": Out(data.ArrayLayout(self.entry, timesteps)),
@@ -86,7 +92,8 @@ class Encoder(wiring.Component):
         ly3, lyq, lx3, lxq = Signal(2), Signal(range(max(H, 2))), Signal(2), Signal(range(max(W, 2)))
         loaded = Signal(range(C * H * W + 1))
         full = loaded == C * H * W
-        m.d.comb += [self.pixels.ready.eq(self.load_en & ~full), self.load_done.eq(self.load_en & full)]
+        m.d.comb += [self.pixels.ready.eq(self.load_en & ~full), self.load_done.eq(self.load_en & full),
+                     self.advance.eq(~(self.load_en & ~full & ~self.pixels.valid))]
         take = self.pixels.valid & self.pixels.ready
         for r, (_, wp) in enumerate(images):
             if taps == PARALLEL_OFFSETS:
@@ -136,6 +143,10 @@ class Encoder(wiring.Component):
         bias = Signal(data.ArrayLayout(signed(V), P))
         param_lane = Signal(range(P + 1))
         m.d.comb += params.r_addr.eq(cmul(grp, P) + param_lane)
+
+        # the last pixel of this neuron's window (input channel c) must be in; "pixel-race" is the bug of not waiting
+        need = cmul(cmul(c, H) + Mux(y == H - 1, H - 1, y + 1), W) + Mux(x == W - 1, W - 1, x + 1)
+        pixel_in = full | (need < loaded) | (self.fault == "pixel-race")
 
         (y3, yq), (x3, xq) = split(y), split(x)
         if taps == PARALLEL_OFFSETS:
@@ -223,6 +234,7 @@ class Encoder(wiring.Component):
         def emit(t, valid, tg, ok, v, spikes):
             """Trace record t, and the window's OR-pooled spikes into region t of the next layer's queue."""
             rec = self.trace[t]
+            valid = valid & self.advance  # a frozen cycle shows nothing (its outputs are held, not new)
             m.d.comb += [rec.valid.eq(valid), rec.t.eq(t), rec.addr.eq(tg.addr), rec.lanes.eq(ok),
                          rec.spikes.eq(spikes)] + [rec.v[j].eq(v[j]) for j in range(P)]
             window = Signal(P, name=f"window{t}")
@@ -284,13 +296,13 @@ class Encoder(wiring.Component):
                     m.d.sync += param_lane.eq(0)
                     m.next = "ISSUE"
             with m.State("ISSUE"):
-                m.d.comb += issuing.eq(1)
+                m.d.comb += issuing.eq(pixel_in)
                 # innermost: kernel offset (taps == 1), input channel, window slot, x, y
                 step_tap = Signal()
                 if taps == 1:
-                    with m.If(kx != 2):
+                    with m.If(issuing & (kx != 2)):
                         m.d.sync += kx.eq(kx + 1)
-                    with m.Else():
+                    with m.Elif(issuing):
                         m.d.sync += kx.eq(0)
                         with m.If(ky != 2):
                             m.d.sync += ky.eq(ky + 1)
@@ -298,7 +310,7 @@ class Encoder(wiring.Component):
                             m.d.sync += ky.eq(0)
                             m.d.comb += step_tap.eq(1)
                 else:
-                    m.d.comb += step_tap.eq(1)
+                    m.d.comb += step_tap.eq(issuing)
                 with m.If(step_tap):
                     with m.If(c != C - 1):
                         m.d.sync += c.eq(c + 1)
@@ -316,7 +328,7 @@ class Encoder(wiring.Component):
                                     m.d.sync += py.eq(py + 1)
                                 with m.Else():
                                     m.d.sync += py.eq(0)
-                with m.If(last_in_group):
+                with m.If(issuing & last_in_group):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 with m.If(~busy_pipe):
@@ -329,4 +341,4 @@ class Encoder(wiring.Component):
                 m.d.comb += self.run_done.eq(1)
                 with m.If(~self.run_en):
                     m.next = "IDLE"
-        return m
+        return EnableInserter({"sync": self.advance})(m)

@@ -35,7 +35,7 @@ from .records import ADDR_BITS, trace_layout
 
 # deliberate bugs for the benches to catch: "bank-offset": bank row 0 takes bank row 1's kernel offset;
 # "no-reset": the encoder's LIF stages forget the reset after a spike
-FAULTS = ("bank-offset", "no-reset")
+FAULTS = ("bank-offset", "no-reset", "pixel-race")
 
 
 def entry_of(geo: LayerGeometry) -> data.StructLayout:

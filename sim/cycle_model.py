@@ -1,12 +1,14 @@
 """Cycle model of the accelerator: for a model and a sample, on which cycle each trace record appears and how
 many cycles the sample takes; and the lower bound to measure against (docs/DESIGN.md).
 
-The sequencer's timing, cycle 0 being the first counted cycle of LOAD:
-- LOAD: one pixel per cycle (C H W), then one cycle to see the buffer full; ENCODE starts on C H W + 1.
-- ENCODE (`qpsnn.hw.encoder`), starting on E: per group of P channels, P + 1 cycles to read the
-  thresholds and biases lane by lane, then one issue per (neuron, input channel, 9/taps offsets), then T + 3 cycles to
-  drain the pipeline; one cycle before the first group, one after the last. Record t of a neuron appears
-  ``encoder.LATENCY + t`` cycles after its last issue.
+The sequencer's timing, cycle 0 being the first counted cycle of ENCODE (the cycle its first pixel is taken):
+- ENCODE (`qpsnn.hw.encoder`): pixels come in one per cycle (C H W, raster order) while the encoder runs,
+  so the load and the first layer overlap. The encoder sees the run on cycle 0; per group of P channels,
+  P + 1 cycles to read the thresholds and biases lane by lane, then one issue per (neuron, input channel,
+  9/taps offsets), each no earlier than the cycle after the last pixel its window needs is taken
+  (`pixel_needed`), then T + 3 cycles to drain the pipeline; one cycle after the last group. Record t of a
+  neuron appears ``encoder.LATENCY + t`` cycles after its last issue. A cycle with no pixel to take while the
+  image is incomplete is frozen and not counted, so the count does not depend on the link.
 - EV(l): one update per cycle, starting one cycle in (N updates in all), the next phase starts on N + 3
   (1 if the queue is empty). An event's updates: ceil(channels / P), times its valid kernel offsets when
   the layer updates one offset per cycle.
@@ -27,19 +29,13 @@ from qpsnn.sw.golden import GoldenResult
 class SampleTiming:
     total: int
     fire_start: dict = field(default_factory=dict)  # (layer, t) -> first cycle of FIRE(layer) at t, layers >= 1
-    encode_issue: int = 0  # first issue cycle of the encoder's group 0
-    encode_group_cycles: int = 0  # issue + overhead cycles of one encoder group
-    encode_neuron_cycles: int = 1  # issue cycles of one first-layer neuron
-    encode_positions: int = 1  # neurons of one encoder group
+    encode_last_issue: np.ndarray | None = None  # first-layer neuron address -> cycle of its last issue
     events: int = 0  # spike events processed by layers >= 1 (every timestep)
     bound: int = 0
 
     def record_cycle(self, layer: int, t: int, address: int) -> int:
         if layer == 0:
-            group, local = divmod(address, self.encode_positions)
-            last_issue = (self.encode_issue + group * self.encode_group_cycles
-                          + (local + 1) * self.encode_neuron_cycles - 1)
-            return last_issue + ENCODER_LATENCY + t
+            return int(self.encode_last_issue[address]) + ENCODER_LATENCY + t
         return self.fire_start[(layer, t)] + address + 1
 
 
@@ -59,26 +55,47 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def encode_cycles(geo: Geometry) -> tuple[int, int, int]:
-    """(issue cycles of one neuron, cycles of one group, cycles of the whole ENCODE phase)."""
-    lg = geo.layers[0]
-    neuron = lg.in_channels * (PARALLEL_OFFSETS // lg.weight_memories)
-    group = lg.lanes + 1 + lg.positions * neuron + geo.timesteps + 3
-    return neuron, group, 1 + lg.groups * group + 1
+def pixel_needed(lg: LayerGeometry, c, y, x):
+    """Raster index of the last pixel (input channel c) that the 3x3 window of first-layer neuron (y, x)
+    reads: the encoder may issue it once that pixel is in (`qpsnn.hw.encoder`, the same formula)."""
+    H, W = lg.height, lg.width
+    return (c * H + np.minimum(y + 1, H - 1)) * W + np.minimum(x + 1, W - 1)
 
 
-def sample_timing(geo: Geometry, spike_maps: list[np.ndarray]) -> SampleTiming:
+@dataclass(frozen=True)
+class EncodeSchedule:
+    last_issue: np.ndarray  # neuron address -> cycle of its last issue
+    end: int  # first cycle after ENCODE (EV of layer 1)
+    issues: int  # issue cycles in all (the encoder's share of the bound)
+
+
+def encode_schedule(geo: Geometry) -> EncodeSchedule:
+    """The encoder's issue cycles, the same for every sample (they wait on pixels, never on data)."""
+    lg, T = geo.layers[0], geo.timesteps
+    per_channel = PARALLEL_OFFSETS // lg.weight_memories
+    order = np.array([lg.neuron_at(a, 0)[1:] for a in range(lg.positions)], dtype=np.int64)  # window-major (y, x)
+    need = pixel_needed(lg, np.arange(lg.in_channels)[None, :], order[:, :1], order[:, 1:])  # [position, c]
+    need = np.repeat(need, per_channel, axis=1)
+    last = np.zeros(lg.neuron_words, dtype=np.int64)
+    cycle = 1 + lg.lanes + 1  # IDLE, then PARAMS
+    for grp in range(lg.groups):
+        for pos in range(lg.positions):
+            for n in need[pos]:
+                cycle = max(cycle, int(n) + 1)
+                cycle += 1
+            last[grp * lg.positions + pos] = cycle - 1
+        cycle += T + 3 + lg.lanes + 1  # DRAIN, then the next group's PARAMS
+    end = int(last[-1]) + T + 5  # DRAIN, DONE, then the sequencer moves on
+    return EncodeSchedule(last, end, lg.groups * lg.positions * need.shape[1])
+
+
+def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeSchedule | None = None) -> SampleTiming:
     """``spike_maps[l]``: bool [T, *neuron_shape] spikes of layer l for this sample (golden trace)."""
     layers, P, T = geo.layers, geo.lanes, geo.timesteps
-    first = layers[0]
-    n_pix = input_pixels(geo)
-    neuron, group, encode = encode_cycles(geo)
-    start = n_pix + 1
-    timing = SampleTiming(total=0, encode_issue=start + 1 + first.lanes + 1, encode_group_cycles=group,
-                          encode_neuron_cycles=neuron,
-                          encode_positions=first.positions)
-    cycle = start + encode
-    bound = n_pix + first.groups * first.positions * neuron
+    schedule = schedule or encode_schedule(geo)
+    timing = SampleTiming(total=0, encode_last_issue=schedule.last_issue)
+    cycle = schedule.end
+    bound = max(input_pixels(geo), schedule.issues)  # the load and the first layer overlap
     events = 0
     for t in range(T):
         for i, lg in enumerate(layers[1:], start=1):
@@ -107,8 +124,8 @@ def sample_timing(geo: Geometry, spike_maps: list[np.ndarray]) -> SampleTiming:
 
 def timings_for(geo: Geometry, golden: GoldenResult) -> list[SampleTiming]:
     """Timing of every sample from a golden run with ``trace=True``."""
-    out = []
+    out, schedule = [], encode_schedule(geo)
     for n in range(len(golden.classes)):
         maps = [tr.spikes[:, n].numpy() for tr in golden.trace]
-        out.append(sample_timing(geo, maps))
+        out.append(sample_timing(geo, maps, schedule))
     return out
