@@ -13,11 +13,13 @@ neuron's current once, output-stationary, and runs the T LIF steps of that neuro
            (T pipelined stages with ``taps`` = 9; with ``taps`` = 1 one stage steps through the T timesteps
            while the next neuron accumulates)
 
-Load and run overlap: a neuron is issued once the last pixel its window reads is in (`pixel_needed` in the
-cycle model, the same formula), so the first layer trails the incoming image by about one row instead of
-waiting for all of it. While the image is incomplete and no pixel is offered, the whole encoder is frozen
-(``advance`` low, an `EnableInserter`): a cycle spent waiting for the link is no cycle of the encoder's, and
-its schedule is the same however the pixels arrive.
+Kernel-parallel, load and run overlap (`LayerGeometry.overlaps_load`): a neuron is issued once the last
+pixel its window reads is in (`pixel_needed` in the cycle model, the same formula), so the first layer
+trails the incoming image by about one row instead of waiting for all of it. While the image is incomplete
+and no pixel is offered, the whole encoder is frozen (``advance`` low, an `EnableInserter`): a cycle spent
+waiting for the link is no cycle of the encoder's, and its schedule is the same however the pixels arrive.
+Serial, the encoder reads its parameters while the image loads and issues nothing before the last pixel:
+nothing it does depends on when pixels arrive, so it needs no freeze (and no enable on every flip-flop).
 
 The integer semantics are the golden model's (`qpsnn.sw.golden`), only the schedule differs: trace record
 t of a neuron leaves LIF stage t, and its spikes (OR-pooled over the window) go to region t of the next
@@ -49,6 +51,8 @@ class Encoder(wiring.Component):
         self.geo, self.T, self.leak_shift, self.weights_in_spram = geo, timesteps, leak_shift, weights_in_spram
         self.fault, self.small_in_bram = fault, small_in_bram
         self.taps = geo.weight_memories  # 9: kernel-parallel, 1: one offset per cycle
+        # serial, the parameters are read while the image loads, with no freeze: they must be in by its end
+        assert geo.overlaps_load or geo.in_channels * geo.height * geo.width >= geo.lanes + 2
         # one offset per cycle leaves 9 C issue cycles per neuron: room for one LIF datapath to step through T
         self.serial_lif = self.taps == 1 and timesteps <= PARALLEL_OFFSETS * geo.in_channels
         P, V = geo.lanes, geo.membrane_bits
@@ -145,8 +149,11 @@ class Encoder(wiring.Component):
         m.d.comb += params.r_addr.eq(cmul(grp, P) + param_lane)
 
         # the last pixel of this neuron's window (input channel c) must be in; "pixel-race" is the bug of not waiting
-        need = cmul(cmul(c, H) + Mux(y == H - 1, H - 1, y + 1), W) + Mux(x == W - 1, W - 1, x + 1)
-        pixel_in = full | (need < loaded) | (self.fault == "pixel-race")
+        if g.overlaps_load:
+            need = cmul(cmul(c, H) + Mux(y == H - 1, H - 1, y + 1), W) + Mux(x == W - 1, W - 1, x + 1)
+            pixel_in = full | (need < loaded) | (self.fault == "pixel-race")
+        else:
+            pixel_in = full
 
         (y3, yq), (x3, xq) = split(y), split(x)
         if taps == PARALLEL_OFFSETS:
@@ -234,7 +241,8 @@ class Encoder(wiring.Component):
         def emit(t, valid, tg, ok, v, spikes):
             """Trace record t, and the window's OR-pooled spikes into region t of the next layer's queue."""
             rec = self.trace[t]
-            valid = valid & self.advance  # a frozen cycle shows nothing (its outputs are held, not new)
+            if g.overlaps_load:
+                valid = valid & self.advance  # a frozen cycle shows nothing (its outputs are held, not new)
             m.d.comb += [rec.valid.eq(valid), rec.t.eq(t), rec.addr.eq(tg.addr), rec.lanes.eq(ok),
                          rec.spikes.eq(spikes)] + [rec.v[j].eq(v[j]) for j in range(P)]
             window = Signal(P, name=f"window{t}")
@@ -341,4 +349,4 @@ class Encoder(wiring.Component):
                 m.d.comb += self.run_done.eq(1)
                 with m.If(~self.run_en):
                     m.next = "IDLE"
-        return EnableInserter({"sync": self.advance})(m)
+        return EnableInserter({"sync": self.advance})(m) if g.overlaps_load else m

@@ -2,11 +2,11 @@
 many cycles the sample takes; and the lower bound to measure against (docs/DESIGN.md).
 
 The sequencer's timing, cycle 0 being the first counted cycle of ENCODE (the cycle its first pixel is taken):
-- ENCODE (`qpsnn.hw.encoder`): pixels come in one per cycle (C H W, raster order) while the encoder runs,
-  so the load and the first layer overlap. The encoder sees the run on cycle 0; per group of P channels,
+- ENCODE (`qpsnn.hw.encoder`): pixels come in one per cycle (C H W, raster order) while the encoder runs;
+  kernel-parallel, the load and the first layer overlap. The encoder sees the run on cycle 0; per group of P channels,
   P + 1 cycles to read the thresholds and biases lane by lane, then one issue per (neuron, input channel,
   9/taps offsets), each no earlier than the cycle after the last pixel its window needs is taken
-  (`pixel_needed`), then T + 3 cycles to drain the pipeline; one cycle after the last group. Record t of a
+  (`pixel_needed`; serial: after the last pixel of the image), then T + 3 cycles to drain the pipeline; one cycle after the last group. Record t of a
   neuron appears ``encoder.LATENCY + t`` cycles after its last issue. A cycle with no pixel to take while the
   image is incomplete is frozen and not counted, so the count does not depend on the link.
 - EV(l): one update per cycle, starting one cycle in (N updates in all), the next phase starts on N + 3
@@ -75,9 +75,11 @@ def encode_schedule(geo: Geometry) -> EncodeSchedule:
     per_channel = PARALLEL_OFFSETS // lg.weight_memories
     order = np.array([lg.neuron_at(a, 0)[1:] for a in range(lg.positions)], dtype=np.int64)  # window-major (y, x)
     need = pixel_needed(lg, np.arange(lg.in_channels)[None, :], order[:, :1], order[:, 1:])  # [position, c]
+    if not lg.overlaps_load:  # serial: nothing before the whole image
+        need = np.full_like(need, input_pixels(geo) - 1)
     need = np.repeat(need, per_channel, axis=1)
     last = np.zeros(lg.neuron_words, dtype=np.int64)
-    cycle = 1 + lg.lanes + 1  # IDLE, then PARAMS
+    cycle = 1 + lg.lanes + 1  # IDLE, then PARAMS (while pixels come in; a frozen encoder does not count them)
     for grp in range(lg.groups):
         for pos in range(lg.positions):
             for n in need[pos]:
@@ -95,7 +97,8 @@ def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeS
     schedule = schedule or encode_schedule(geo)
     timing = SampleTiming(total=0, encode_last_issue=schedule.last_issue)
     cycle = schedule.end
-    bound = max(input_pixels(geo), schedule.issues)  # the load and the first layer overlap
+    n_pix = input_pixels(geo)
+    bound = max(n_pix, schedule.issues) if layers[0].overlaps_load else n_pix + schedule.issues
     events = 0
     for t in range(T):
         for i, lg in enumerate(layers[1:], start=1):

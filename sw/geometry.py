@@ -76,6 +76,13 @@ class LayerGeometry:
         return PARALLEL_OFFSETS if self.kind == "conv" and self.offsets == PARALLEL_OFFSETS else 1
 
     @property
+    def overlaps_load(self) -> bool:
+        """The kernel-parallel encoder issues a neuron per cycle, as fast as pixels arrive, so it runs while the
+        image loads; the serial one (9 C cycles a neuron) would gain under 2 % and waits for the whole image
+        instead, which needs no freeze and keeps its logic."""
+        return self.first and self.weight_memories == PARALLEL_OFFSETS
+
+    @property
     def banks(self) -> int:
         return PARALLEL_OFFSETS if self.interleaved else 1
 
