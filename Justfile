@@ -64,7 +64,7 @@ bitstreams:
     qpsnn build bitstreams/icebreaker/digits-fast/model.qpsnn --board icebreaker --lanes 2 --clock 16 --out bitstreams/icebreaker/digits-fast
     qpsnn build bitstreams/ulx3s-85f/digits/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 35 --out bitstreams/ulx3s-85f/digits
     qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 30 --out bitstreams/ulx3s-85f/mnist5k
-    qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 9 --clock 18.75 --out bitstreams/ulx3s-85f/mnist5k-kp
+    qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 9 --clock 20 --out bitstreams/ulx3s-85f/mnist5k-kp
     qpsnn build --write-manifest
 
 # verify bitstreams/manifest.json against the files
