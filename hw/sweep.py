@@ -111,7 +111,7 @@ def mark_pareto(points: list[Point]) -> None:
 def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: list[int], clock_mhz: float,
           samples: int | None = None, synth: bool = False, cache: Path | None = None,
           dataset: str | None = None, data_path: str | None = None, progress=None) -> list[Point]:
-    from .board_build import encoder_products_fit, golden_cycles, host_design
+    from .board_build import DSP_RESERVE, encoder_products_fit, golden_cycles, host_design
     from .memory_plan import check_board_fits
 
     configs = [(p, o) for p in lanes for o in offsets]
