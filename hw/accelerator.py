@@ -18,21 +18,19 @@ from .argmax import LaneArgmax
 from .encoder import Encoder
 from .geometry import Capacities, Geometry, check_fits, geometry_of
 from .layer_unit import FAULTS, LayerUnit
-from .params import cmul
+from .params import Placement, cmul
 from .records import ADDR_BITS, result_layout, trace_layout
 
 
 class Accelerator(wiring.Component):
     def __init__(self, geo: Geometry, capacities: Capacities | None = None, forwarding: bool = True,
-                 weights_in_spram: bool = False, fault: str | None = None, small_in_bram: bool = False,
-                 membrane_style: str | None = None):
+                 placement: Placement = Placement(), fault: str | None = None):
         if geo.lanes & (geo.lanes - 1):
             raise ValueError(f"lanes must be a power of two, got {geo.lanes}")
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
         check_fits(geo, capacities or Capacities.exactly(geo))
-        self.geo, self.forwarding, self.weights_in_spram, self.fault = geo, forwarding, weights_in_spram, fault
-        self.small_in_bram, self.membrane_style = small_in_bram, membrane_style
+        self.geo, self.forwarding, self.placement, self.fault = geo, forwarding, placement, fault
         P, V, K, T = geo.lanes, geo.membrane_bits, geo.classes, geo.timesteps
         self.data_bits = max(max(l.word_bits for l in geo.layers), V)
         super().__init__({
@@ -53,13 +51,13 @@ class Accelerator(wiring.Component):
         m = Module()
         geo, P, V, K, T = self.geo, self.geo.lanes, self.geo.membrane_bits, self.geo.classes, self.geo.timesteps
         n = len(geo.layers)
-        m.submodules.layer0 = enc = Encoder(geo.layers[0], T, geo.leak_shift, self.data_bits, self.weights_in_spram,
-                                            self.fault, self.small_in_bram)
+        m.submodules.layer0 = enc = Encoder(geo.layers[0], T, geo.leak_shift, self.data_bits, self.placement,
+                                            self.fault)
         wiring.connect(m, wiring.flipped(self.pixels), enc.pixels)
         units = [enc]
         for i, lg in enumerate(geo.layers[1:], start=1):
             unit = LayerUnit(lg, geo.leak_shift, geo.layers[i - 1], self.data_bits, T, self.forwarding,
-                             self.weights_in_spram, self.fault, self.small_in_bram, self.membrane_style)
+                             self.placement, self.fault)
             m.submodules[f"layer{i}"] = unit
             prev = units[-1]
             m.d.comb += [unit.q_valid.eq(prev.spike_valid), unit.q_data.eq(prev.spikes if i == 1 else prev.spike)]

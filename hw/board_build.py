@@ -133,8 +133,7 @@ def host_design(net, board: Board, lanes: int, offsets: int, divisor: int = 104)
     from .uart_host import UARTHost
 
     geo = geometry_of(net, lanes, offsets)
-    accel = Accelerator(geo, weights_in_spram=board.weights_in_spram, small_in_bram=board.small_in_bram,
-                        membrane_style=board.flow(offsets).membranes)
+    accel = Accelerator(geo, placement=board.placement(offsets))
     return UARTHost(accel, divisor, max_payload=board.max_payload)
 
 

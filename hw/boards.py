@@ -47,6 +47,12 @@ class Board:
     def flow(self, offsets: int) -> Flow:
         return self.kernel_parallel if offsets > 1 and self.kernel_parallel is not None else self.serial
 
+    def placement(self, offsets: int) -> "Placement":
+        """Where this board's build with ``offsets`` kernel offsets per cycle puts its memories."""
+        from .params import Placement  # the RTL's side imports the boards (memory plan): not at module level
+
+        return Placement(self.weights_in_spram, self.small_in_bram, self.flow(offsets).membranes)
+
     def platform(self):
         import importlib
 

@@ -38,7 +38,7 @@ from .event_queue import entry_layout
 from .geometry import ENCODER_LATENCY, KERNEL, PARALLEL_OFFSETS, LayerGeometry
 from .kernel_weights import KernelWeights
 from .interleave import bank_of_offset, neighbour_in_bank, split
-from .params import LaneParams, cmul, saturate, ubits
+from .params import LaneParams, Placement, cmul, saturate, ubits
 from .records import ADDR_BITS, trace_layout
 
 LATENCY = ENCODER_LATENCY  # issue -> image/weight data -> products -> current -> LIF stage 0
@@ -46,10 +46,9 @@ LATENCY = ENCODER_LATENCY  # issue -> image/weight data -> products -> current -
 
 class Encoder(wiring.Component):
     def __init__(self, geo: LayerGeometry, timesteps: int, leak_shift: int, data_bits: int,
-                 weights_in_spram: bool = False, fault: str | None = None, small_in_bram: bool = False):
+                 placement: Placement = Placement(), fault: str | None = None):
         assert geo.kind == "conv" and geo.first
-        self.geo, self.T, self.leak_shift, self.weights_in_spram = geo, timesteps, leak_shift, weights_in_spram
-        self.fault, self.small_in_bram = fault, small_in_bram
+        self.geo, self.T, self.leak_shift, self.placement, self.fault = geo, timesteps, leak_shift, placement, fault
         self.taps = geo.weight_memories  # 9: kernel-parallel, 1: one offset per cycle
         # serial, the parameters are read while the image loads, with no freeze: they must be in by its end
         assert geo.overlaps_load or geo.in_channels * geo.height * geo.width >= geo.lanes + 2
@@ -119,9 +118,10 @@ class Encoder(wiring.Component):
                     m.d.sync += [ly.eq(0), ly3.eq(0), lyq.eq(0), lc.eq(lc + 1)]
 
         # ------------------------------------------------------------ weights, thresholds, biases
-        m.submodules.weights = wts = KernelWeights(C * G * (PARALLEL_OFFSETS // taps), P * b, taps, self.weights_in_spram)
+        m.submodules.weights = wts = KernelWeights(C * G * (PARALLEL_OFFSETS // taps), P * b, taps,
+                                                 self.placement.weights_in_spram)
         m.submodules.params = params = LaneParams(P, V, G, fires=True, per_channel=True,
-                                                       small_in_bram=self.small_in_bram)
+                                                       small_in_bram=self.placement.small_in_bram)
         m.d.comb += [wts.w_addr.eq(self.cfg_addr), wts.w_data.eq(self.cfg_data),
                      wts.w_en.eq(self.cfg_en & (self.cfg_region == 0)), wts.rd.eq(self.cfg_rd), wts.rd_addr.eq(self.cfg_addr)]
         m.d.comb += [params.cfg_en.eq(self.cfg_en), params.cfg_region.eq(self.cfg_region), params.cfg_addr.eq(self.cfg_addr),

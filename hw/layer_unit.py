@@ -30,7 +30,7 @@ from .event_queue import EventQueue, entry_layout
 from .geometry import KERNEL, LayerGeometry
 from .interleave import neighbour_in_bank, split
 from .kernel_weights import BankWeights, KernelWeights
-from .params import LaneParams, cmul, packed_memory, saturate, ubits
+from .params import LaneParams, Placement, cmul, packed_memory, saturate, ubits
 from .records import ADDR_BITS, trace_layout
 
 # deliberate bugs for the benches to catch: "bank-offset": bank row 0 takes bank row 1's kernel offset;
@@ -45,12 +45,10 @@ def entry_of(geo: LayerGeometry) -> data.StructLayout:
 
 class LayerUnit(wiring.Component):
     def __init__(self, geo: LayerGeometry, leak_shift: int, in_geo: LayerGeometry, data_bits: int, timesteps: int,
-                 forwarding: bool = True, weights_in_spram: bool = False, fault: str | None = None,
-                 small_in_bram: bool = False, membrane_style: str | None = None):
+                 forwarding: bool = True, placement: Placement = Placement(), fault: str | None = None):
         assert not geo.first
         self.geo, self.leak_shift, self.in_geo, self.forwarding = geo, leak_shift, in_geo, forwarding
-        self.weights_in_spram, self.fault, self.small_in_bram = weights_in_spram, fault, small_in_bram
-        self.membrane_style = membrane_style  # ram_style of interleaved membrane banks (the board's flow)
+        self.placement, self.fault = placement, fault
         self.regions = timesteps if in_geo.first else 1  # the encoder queues every timestep at once
         P, V = geo.lanes, geo.membrane_bits
         self.y_bits = ubits(max(geo.height, geo.in_height))
@@ -83,12 +81,12 @@ class LayerUnit(wiring.Component):
             fault_row = 1 if self.fault == "bank-offset" else None
             m.submodules.weights = wts = BankWeights(g.in_channels * G, P * b, fault_row)
         else:
-            m.submodules.weights = wts = KernelWeights(g.weight_rows * G, P * b, 1, self.weights_in_spram)
-        m.submodules.params = params = LaneParams(P, V, G, g.fires, small_in_bram=self.small_in_bram)
+            m.submodules.weights = wts = KernelWeights(g.weight_rows * G, P * b, 1, self.placement.weights_in_spram)
+        m.submodules.params = params = LaneParams(P, V, G, g.fires, small_in_bram=self.placement.small_in_bram)
         banks = []
         for k in range(g.banks):
-            mem = packed_memory(P * V, g.bank_words, small_in_bram=self.small_in_bram,
-                                style=self.membrane_style if banked else None)
+            mem = packed_memory(P * V, g.bank_words, small_in_bram=self.placement.small_in_bram,
+                                style=self.placement.membranes if banked else None)
             m.submodules[f"membrane{k}" if g.banks > 1 else "membrane"] = mem
             wp = mem.write_port()
             rp = mem.read_port(transparent_for=(wp,) if self.forwarding else ())

@@ -2,6 +2,8 @@
 and the small arithmetic helpers the datapaths share."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
@@ -28,6 +30,18 @@ def cmul(value, constant: int):
 def saturate(value, bits: int):
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a board puts the accelerator's memories: one object from the board, passed down once.
+
+    ``weights_in_spram``: big weight stores in SPRAM (iCE40 UP); ``small_in_bram``: memories of a few hundred
+    bits in block RAM too (blocks to spare, logic scarce); ``membranes``: the ram_style of the interleaved
+    membrane banks (``"distributed"``: LUT RAM, the ECP5's kernel-parallel flow)."""
+    weights_in_spram: bool = False
+    small_in_bram: bool = False
+    membranes: str | None = None
 
 
 def packed_memory(width: int, depth: int, shape=None, small_in_bram: bool = False,

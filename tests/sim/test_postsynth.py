@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from qpsnn.hw.boards import board_named
 from qpsnn.sim.toolchain import available
 from qpsnn.sw import modelfile
 from qpsnn.sw.fold import fold
@@ -31,7 +32,8 @@ def test_synthesized_ice40_netlist_matches_golden_and_cycle_models(digits, tmp_p
     golden = run_golden(net, torch.from_numpy(images), trace=True)
     assert all(int(tr.spikes.sum()) > 0 for tr in golden.trace[:-1]), "the check needs spikes in every layer"
     # as the iCEBreaker builds it: big weights in SPRAM, parameters and small membranes in block RAM
-    result = check_netlist(path, images, lanes=4, family="ice40", weights_in_spram=True, small_in_bram=True, work=work)
+    placement = board_named("icebreaker").placement(1)
+    result = check_netlist(path, images, lanes=4, family="ice40", placement=placement, work=work)
     assert len(result.results) == 2
     assert result.mismatch_count == 0, result.mismatches[:3]
     for row in result.results:
