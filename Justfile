@@ -75,7 +75,8 @@ check-bitstreams:
 reproduce-bitstreams:
     qpsnn build --reproduce
 
-# co-design on the iCEBreaker: the demo digits network and five more x P x offsets, synthesized; runs/sweep/icebreaker
+# co-design on the iCEBreaker: the demo digits network and six more x P x offsets, synthesized; runs/sweep/icebreaker
+# (c24-t2 is the kept bitstreams/icebreaker/digits model: c16-c24 after pruning, 98.89 %)
 sweep-digits:
     mkdir -p runs/sweep/digits
     test -f runs/sweep/digits/p75-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 4 --out runs/sweep/digits/p75-t4.qpsnn
@@ -83,7 +84,8 @@ sweep-digits:
     test -f runs/sweep/digits/p50-t2.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.5 --timesteps 2 --out runs/sweep/digits/p50-t2.qpsnn
     test -f runs/sweep/digits/p875-t4.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.875 --timesteps 4 --out runs/sweep/digits/p875-t4.qpsnn
     test -f runs/sweep/digits/p75-t2-e80.qpsnn || qpsnn train --dataset digits --bits 4 --prune 0.75 --timesteps 2 --epochs 80 --finetune-epochs 40 --out runs/sweep/digits/p75-t2-e80.qpsnn
-    qpsnn sweep bitstreams/ulx3s-85f/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn runs/sweep/digits/p75-t2-e80.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
+    test -f runs/sweep/digits/c24-t2.qpsnn || OMP_NUM_THREADS=1 qpsnn train --dataset digits --spec c32-p2-c48-p2-fc10 --bits 4 --prune 0.5 --timesteps 2 --out runs/sweep/digits/c24-t2.qpsnn
+    qpsnn sweep bitstreams/ulx3s-85f/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn runs/sweep/digits/p75-t2-e80.qpsnn runs/sweep/digits/c24-t2.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
 
 # co-design on the ULX3S, MNIST-5k: the kept model (T=2) and the same network at T=4 over P and offsets (memory plan; add --synth for logic)
 sweep-mnist5k:

@@ -17,9 +17,10 @@ from .records import ADDR_BITS
 from .weight_store import WeightStore
 
 
-# a store moves to an SPRAM (when the board has them) only if it would fill several block RAMs: the iCE40UP5K
-# has four SPRAMs, and nine offset stores or a first layer's few hundred bits must not take one each
-SPRAM_WORTH_BITS = 16384
+# a store moves to an SPRAM (when the board has them) only if it would fill more than two block RAMs: the
+# iCE40UP5K has four SPRAMs, and nine offset stores or a first layer's few hundred bits must not take one each,
+# but a hidden layer's 14-kbit store (four of its 30 block RAMs) is better in one
+SPRAM_WORTH_BITS = 8192
 
 
 def in_offset(addr, offset: int, rows: int):
