@@ -6,9 +6,9 @@ model := "model.qpsnn"
 demo:
     qpsnn demo --out {{model}}
 
-# the whole test suite (what CI runs)
+# the whole test suite (what CI runs: two workers, each test file on one of them)
 test *ARGS:
-    python3 -m pytest -q {{ARGS}}
+    python3 -m pytest -q -n 2 --dist loadfile {{ARGS}}
 
 # the 10,000-case semantic fuzz of the model-file validator (CI runs 1,000)
 fuzz-modelfile cases="10000":

@@ -3,12 +3,13 @@ many cycles the sample takes; and the lower bound to measure against (docs/DESIG
 
 The sequencer's timing, cycle 0 being the first counted cycle of ENCODE (the cycle its first pixel is taken):
 - ENCODE (`qpsnn.hw.encoder`): pixels come in one per cycle (C H W, raster order) while the encoder runs;
-  kernel-parallel, the load and the first layer overlap. The encoder sees the run on cycle 0; per group of P channels,
-  P + 1 cycles to read the thresholds and biases lane by lane, then one issue per (neuron, input channel,
-  9/taps offsets), each no earlier than the cycle after the last pixel its window needs is taken
-  (`pixel_needed`; serial: after the last pixel of the image), then T + 3 cycles to drain the pipeline; one cycle after the last group. Record t of a
-  neuron appears ``encoder.LATENCY + t`` cycles after its last issue. A cycle with no pixel to take while the
-  image is incomplete is frozen and not counted, so the count does not depend on the link.
+  kernel-parallel, the load and the first layer overlap. The encoder sees the run on cycle 0; per group of P
+  channels, P + 1 cycles to read the thresholds and biases lane by lane, then one issue per (neuron, input
+  channel, 9/taps offsets), each no earlier than the cycle after the last pixel its window needs is taken
+  (`pixel_needed`; serial: after the last pixel of the image), then T + 3 cycles to drain the pipeline; one
+  cycle after the last group. Record t of a neuron appears ``encoder.LATENCY + t`` cycles after its last
+  issue. A cycle with no pixel to take while the image is incomplete is frozen and not counted, so the count
+  does not depend on the link.
 - EV(l): one update per cycle, starting one cycle in (N updates in all), the next phase starts on N + 3
   (1 if the queue is empty). An event's updates: ceil(channels / P), times its valid kernel offsets when
   the layer updates one offset per cycle.

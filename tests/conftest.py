@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny random integer network and one small trained digits model per test session."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,6 +31,14 @@ def random_model(spec: str = "c3-p2-fc4", in_shape=(1, 6, 6), bits: int = 4, mod
             if layer.bias is not None:
                 layer.bias.uniform_(-0.5, 0.5)
     return model.eval()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (CI runs two workers), each worker builds its simulations in its own folder: two
+    workers building the same design into one cached folder at once would race."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and "QPSNN_SIM_BUILD" not in os.environ:
+        os.environ["QPSNN_SIM_BUILD"] = str(Path(config.rootpath) / "sim_build" / worker)
 
 
 @pytest.fixture
