@@ -122,9 +122,18 @@ class Device:
     def close(self) -> None:
         self.transport.close()
 
+    def _drain(self) -> None:
+        """Drop stale bytes (a departed client's replies) before a request, but not a busy notice: a server
+        serving another client sends one and hangs up, possibly before this client's first request."""
+        stale = proto.ReplyParser()
+        stale.feed(self.transport.drain())
+        while (reply := stale.take()) is not None:
+            if reply.status == proto.E_BUSY:
+                raise DeviceBusy(f"{self.url}: {proto.ERRORS[proto.E_BUSY]}")
+
     def _exchange(self, frame: bytes, tag: int, timeout: float) -> proto.Reply | None:
         """Send one frame, return its reply (or a damaged one), or None when none came in time."""
-        self.transport.discard_input()
+        self._drain()
         self.parser = proto.ReplyParser()
         self.transport.write(frame)
         self.stats.bytes_sent += len(frame)
@@ -148,7 +157,7 @@ class Device:
     def resync(self) -> None:
         """Leave the device ready whatever state the last client left it in: drain, then RESET until answered."""
         self._synced = True
-        self.transport.discard_input()
+        self._drain()
         self.request(proto.RESET)
 
     def request(self, cmd: int, payload: bytes = b"", timeout: float | None = None) -> bytes:

@@ -1,5 +1,5 @@
-"""Byte transports to an accelerator: a serial line (any pyserial URL: ``/dev/ttyUSB1``, ``socket://HOST:PORT``
-for `qpsnn serve-sim`, ``loop://``) or a memory-mapped register window (``mmio:///sys/bus/pci/devices/
+"""Byte transports to an accelerator: a serial line (any pyserial URL: ``/dev/ttyUSB1``, ``loop://``), a TCP
+socket (``socket://HOST:PORT``, `qpsnn serve-sim`'s UART) or a memory-mapped register window (``mmio:///sys/bus/pci/devices/
 0000:01:00.0/resource0`` for a PCI BAR on Linux, ``mmio+socket://HOST:PORT`` for the simulated window).
 
 A transport moves bytes and nothing else; framing, retries and meaning live in `qpsnn.sw.device`.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import socket
 import struct
 import time
@@ -48,14 +49,77 @@ class SerialTransport:
         except (serial.SerialException, OSError) as exc:
             raise NoDeviceError(f"the connection to {self.url} failed while reading: {exc}") from None
 
-    def discard_input(self) -> None:
+    def drain(self) -> bytes:
+        """What has arrived and not been read, without waiting: stale replies, or a busy notice the other end
+        sent before it hung up (which the caller must see, so the bytes are returned, not dropped)."""
+        import serial
+
+        out = bytearray()
         try:
-            self.port.reset_input_buffer()
-        except Exception:  # some URL handlers cannot; stale bytes are then skipped by the parser
-            pass
+            while self.port.in_waiting:
+                data = self.port.read(self.port.in_waiting)
+                if not data:
+                    break
+                out += data
+        except (serial.SerialException, OSError):
+            pass  # it hung up: what came before is returned, and the next read or write says so
+        return bytes(out)
 
     def close(self) -> None:
         self.port.close()
+
+
+class SocketTransport:
+    """``socket://HOST:PORT`` on a plain TCP socket. Not pyserial's handler: it drops whatever arrives while it
+    opens, and a server serving another client answers a newcomer at once with a busy notice and hangs up."""
+
+    def __init__(self, url: str, timeout: float = 5.0):
+        host, _, port = url[len("socket://"):].rpartition(":")
+        if not port.isdigit():
+            raise NoDeviceError(f"bad URL {url!r}: expected socket://HOST:PORT")
+        try:
+            self.sock = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
+        except (OSError, OverflowError) as exc:
+            raise NoDeviceError(f"no device at {url}: {exc}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.url = url
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise NoDeviceError(f"the connection to {self.url} failed while writing: {exc}") from None
+
+    def read(self, deadline: float) -> bytes:
+        """Whatever arrives before ``deadline`` (time.monotonic); returns early once something came."""
+        try:
+            while True:
+                wait = max(0.0, deadline - time.monotonic())
+                if select.select([self.sock], [], [], min(wait, 0.05))[0]:
+                    data = self.sock.recv(1 << 16)
+                    if not data:
+                        raise NoDeviceError(f"the connection to {self.url} failed while reading: it hung up")
+                    return data
+                if wait == 0:
+                    return b""
+        except OSError as exc:
+            raise NoDeviceError(f"the connection to {self.url} failed while reading: {exc}") from None
+
+    def drain(self) -> bytes:
+        """What has arrived and not been read, without waiting (see `SerialTransport.drain`)."""
+        out = bytearray()
+        try:
+            while select.select([self.sock], [], [], 0)[0]:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    break  # it hung up: the next read or write says so
+                out += data
+        except OSError:
+            pass
+        return bytes(out)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class SysfsBAR:
@@ -169,8 +233,8 @@ class MMIOTransport:
                 return b""
             time.sleep(0.0002)
 
-    def discard_input(self) -> None:
-        self.read(time.monotonic())
+    def drain(self) -> bytes:
+        return self.read(time.monotonic())
 
     def close(self) -> None:
         self.bar.close()
@@ -184,4 +248,6 @@ def open_transport(url: str, baudrate: int = 115200):
         return MMIOTransport(SocketBAR(host or "127.0.0.1", int(port)))
     if url.startswith("mmio://"):
         return MMIOTransport(SysfsBAR(url[len("mmio://"):]))
+    if url.startswith("socket://"):
+        return SocketTransport(url)
     return SerialTransport(url, baudrate)

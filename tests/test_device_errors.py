@@ -136,3 +136,30 @@ def test_a_busy_link_says_so(tiny_net):
     with pytest.raises(DeviceBusy, match="busy: one client at a time"):
         Device(fake.url, timeout=1).identify()
     assert fake.requests == [proto.RESET]
+
+
+def test_busy_notice_sent_before_the_first_request_is_not_drained_away():
+    """A server serving another client answers a newcomer at once with E_BUSY and hangs up, maybe while the
+    newcomer is still opening the connection or before its first request: the driver drops stale bytes, but
+    must still see that notice (dropping it left a bare 'socket disconnected' under load). Round 0 waits
+    until the notice is surely in; the others race it against the open."""
+    for rnd in range(20):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+
+        def refuse():
+            conn, _ = srv.accept()
+            conn.sendall(proto.reply(proto.E_BUSY))
+            conn.close()
+
+        t = threading.Thread(target=refuse, daemon=True)
+        t.start()
+        dev = Device(f"socket://127.0.0.1:{srv.getsockname()[1]}", timeout=2, retries=0)
+        if rnd == 0:
+            t.join(5)
+            time.sleep(0.2)
+        with pytest.raises(DeviceBusy, match="one client at a time"):
+            dev.identify()
+        dev.close()
+        srv.close()
