@@ -18,10 +18,12 @@ fuzz-modelfile cases="10000":
 eval file=model:
     qpsnn eval {{file}}
 
-# the MNIST-5k benchmark run of the README's results table (T=4), and the T=2 model the ULX3S build keeps
+# the MNIST-5k benchmark run of the README's results table (T=4), the T=2 model the ULX3S serial build keeps,
+# and the c16-c16 T=2 one (80+40 epochs) of the kept kernel-parallel build (mnist5k-kp)
 bench-mnist5k:
     qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --out runs/mnist5k/model.qpsnn
     OMP_NUM_THREADS=1 qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --timesteps 2 --out runs/mnist5k-t2/model.qpsnn
+    OMP_NUM_THREADS=1 qpsnn train --dataset mnist5k --spec c32-p2-c32-p2-fc10 --bits 4 --prune 0.5 --augment --timesteps 2 --epochs 80 --finetune-epochs 40 --out runs/mnist5k-c16/model.qpsnn
 
 # Fashion-MNIST 4-bit 50 % pruned (10+5 epochs: 89.59 % integer, about an hour on one core), then 20 images on the RTL
 bench-fashion device="auto":
@@ -64,7 +66,7 @@ bitstreams:
     qpsnn build bitstreams/icebreaker/digits-fast/model.qpsnn --board icebreaker --lanes 2 --clock 16 --out bitstreams/icebreaker/digits-fast
     qpsnn build bitstreams/ulx3s-85f/digits/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 35 --out bitstreams/ulx3s-85f/digits
     qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 30 --out bitstreams/ulx3s-85f/mnist5k
-    qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 9 --clock 20 --out bitstreams/ulx3s-85f/mnist5k-kp
+    qpsnn build bitstreams/ulx3s-85f/mnist5k-kp/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 9 --clock 20 --out bitstreams/ulx3s-85f/mnist5k-kp
     qpsnn build --write-manifest
 
 # verify bitstreams/manifest.json against the files
@@ -87,8 +89,8 @@ sweep-digits:
     test -f runs/sweep/digits/c24-t2.qpsnn || OMP_NUM_THREADS=1 qpsnn train --dataset digits --spec c32-p2-c48-p2-fc10 --bits 4 --prune 0.5 --timesteps 2 --out runs/sweep/digits/c24-t2.qpsnn
     qpsnn sweep bitstreams/ulx3s-85f/digits/model.qpsnn runs/sweep/digits/p75-t4.qpsnn runs/sweep/digits/p75-t2.qpsnn runs/sweep/digits/p50-t2.qpsnn runs/sweep/digits/p875-t4.qpsnn runs/sweep/digits/p75-t2-e80.qpsnn runs/sweep/digits/c24-t2.qpsnn --board icebreaker --lanes 1,2,4 --offsets 1,9 --clock 16 --synth --out runs/sweep/icebreaker
 
-# co-design on the ULX3S, MNIST-5k: the kept model (T=2) and the same network at T=4 over P and offsets (memory plan; add --synth for logic)
+# co-design on the ULX3S, MNIST-5k: the two kept models (c16-c32 and c16-c16, T=2) and c16-c32 at T=4 over P and offsets (memory plan; add --synth for logic)
 sweep-mnist5k:
     mkdir -p runs/sweep/mnist5k
     test -f runs/sweep/mnist5k/t4.qpsnn || qpsnn train --dataset mnist5k --bits 4 --prune 0.5 --augment --out runs/sweep/mnist5k/t4.qpsnn
-    qpsnn sweep bitstreams/ulx3s-85f/mnist5k/model.qpsnn runs/sweep/mnist5k/t4.qpsnn --board ulx3s-85f --lanes 4,8,16,32 --offsets 1,9 --clock 30 --out runs/sweep/ulx3s-85f
+    qpsnn sweep bitstreams/ulx3s-85f/mnist5k/model.qpsnn bitstreams/ulx3s-85f/mnist5k-kp/model.qpsnn runs/sweep/mnist5k/t4.qpsnn --board ulx3s-85f --lanes 4,8,16,32 --offsets 1,9 --clock 30 --out runs/sweep/ulx3s-85f
