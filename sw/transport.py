@@ -74,11 +74,8 @@ class SocketTransport:
     opens, and a server serving another client answers a newcomer at once with a busy notice and hangs up."""
 
     def __init__(self, url: str, timeout: float = 5.0):
-        host, _, port = url[len("socket://"):].rpartition(":")
-        if not port.isdigit():
-            raise NoDeviceError(f"bad URL {url!r}: expected socket://HOST:PORT")
         try:
-            self.sock = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
+            self.sock = socket.create_connection(host_port(url, "socket://"), timeout=timeout)
         except (OSError, OverflowError) as exc:
             raise NoDeviceError(f"no device at {url}: {exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -240,12 +237,17 @@ class MMIOTransport:
         self.bar.close()
 
 
+def host_port(url: str, scheme: str) -> tuple[str, int]:
+    """(host, port) of ``scheme://HOST:PORT``; the host defaults to 127.0.0.1."""
+    host, _, port = url[len(scheme):].rpartition(":")
+    if not port.isdigit():
+        raise NoDeviceError(f"bad URL {url!r}: expected {scheme}HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
 def open_transport(url: str, baudrate: int = 115200):
     if url.startswith("mmio+socket://"):
-        host, _, port = url[len("mmio+socket://"):].rpartition(":")
-        if not port.isdigit():
-            raise NoDeviceError(f"bad URL {url!r}: expected mmio+socket://HOST:PORT")
-        return MMIOTransport(SocketBAR(host or "127.0.0.1", int(port)))
+        return MMIOTransport(SocketBAR(*host_port(url, "mmio+socket://")))
     if url.startswith("mmio://"):
         return MMIOTransport(SysfsBAR(url[len("mmio://"):]))
     if url.startswith("socket://"):
