@@ -1,10 +1,12 @@
 """The event-driven QP-SNN accelerator: the first layer's spike-train `Encoder`, one `LayerUnit` per later
-layer, a sequencer, a running argmax, and a cycle counter.
+layer (or, for layer 1, an `UnrolledLayer`), a sequencer, a running argmax, and a cycle counter.
 
 Per sample: ENCODE (the pixels into the encoder's image buffer and, overlapped with them, every first-layer
-neuron's current once, its spikes for all T timesteps into the second layer's queue regions), then for each timestep t and
-layer l >= 1: EV(l) (drain the spike queue) and FIRE(l); then the result (class, output potentials, cycles)
-is offered on the ``result`` stream, and every membrane is back at its initial value.
+neuron's current once, its spikes for all T timesteps into the second layer's queue regions), then, when
+layer 1 is unrolled, UNROLL(1) (all its neurons, every timestep, from the encoder's spike map, its spikes for all
+T timesteps into layer 2's queue regions), then for each timestep t and event-driven layer l: EV(l) (drain
+the spike queue) and FIRE(l); then the result (class, output potentials, cycles) is offered on the
+``result`` stream, and every membrane is back at its initial value.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .geometry import Capacities, Geometry, check_fits, geometry_of
 from .layer_unit import FAULTS, LayerUnit
 from .params import Placement, cmul
 from .records import ADDR_BITS, result_layout, trace_layout
+from .unrolled_layer import UnrolledLayer
 
 
 class Accelerator(wiring.Component):
@@ -44,8 +47,9 @@ class Accelerator(wiring.Component):
         })
 
     @classmethod
-    def for_model(cls, net: IntNet, lanes: int | None = None, offsets: int = 1, **kwargs) -> "Accelerator":
-        return cls(geometry_of(net, lanes, offsets), **kwargs)
+    def for_model(cls, net: IntNet, lanes: int | None = None, offsets: int = 1, unrolled: bool = False,
+                  **kwargs) -> "Accelerator":
+        return cls(geometry_of(net, lanes, offsets, unrolled), **kwargs)
 
     def elaborate(self, platform):
         m = Module()
@@ -56,12 +60,22 @@ class Accelerator(wiring.Component):
         wiring.connect(m, wiring.flipped(self.pixels), enc.pixels)
         units = [enc]
         for i, lg in enumerate(geo.layers[1:], start=1):
-            unit = LayerUnit(lg, geo.leak_shift, geo.layers[i - 1], self.data_bits, T, self.forwarding,
+            prev, prev_geo = units[-1], geo.layers[i - 1]
+            if lg.unrolled:  # fed by the encoder's records, all timesteps at once
+                unit = UnrolledLayer(lg, prev_geo, T, geo.leak_shift, self.data_bits, self.placement, self.fault)
+                m.submodules[f"layer{i}"] = unit
+                m.d.comb += unit.records.eq(prev.trace)
+                units.append(unit)
+                continue
+            unit = LayerUnit(lg, geo.leak_shift, prev_geo, self.data_bits, T, self.forwarding,
                              self.placement, self.fault)
             m.submodules[f"layer{i}"] = unit
-            prev = units[-1]
-            m.d.comb += [unit.q_valid.eq(prev.spike_valid), unit.q_data.eq(prev.spikes if i == 1 else prev.spike)]
+            m.d.comb += [unit.q_valid.eq(prev.spike_valid),
+                         unit.q_data.eq(prev.spikes if prev_geo.time_unrolled else prev.spike)]
             units.append(unit)
+        # the layers that keep membranes and run event by event, timestep by timestep
+        events = [i for i in range(1, n) if not geo.layers[i].unrolled]
+        unrolled = [i for i in range(1, n) if geo.layers[i].unrolled]
         for i, unit in enumerate(units):
             m.d.comb += [unit.cfg_en.eq(self.cfg_en & (self.cfg_layer == i)), unit.cfg_region.eq(self.cfg_region),
                          unit.cfg_addr.eq(self.cfg_addr), unit.cfg_data.eq(self.cfg_data), unit.cfg_rd.eq(self.cfg_rd)]
@@ -71,29 +85,38 @@ class Accelerator(wiring.Component):
         t = Signal(range(max(2, T)))
         last_t = t == T - 1
         cycle = Signal(32)
-        for unit in units[1:]:
-            m.d.comb += [unit.last_t.eq(last_t), unit.t.eq(t)]
+        for i in events:
+            m.d.comb += [units[i].last_t.eq(last_t), units[i].t.eq(t)]
 
         with m.FSM(name="sequencer") as sequencer:
             with m.State("IDLE"):
                 m.d.sync += [cycle.eq(0), t.eq(0)]
                 with m.If(self.init_start):
-                    m.next = "INIT1" if n > 1 else "IDLE"
+                    m.next = f"INIT{events[0]}" if events else "IDLE"
                 with m.Elif(self.pixels.valid):
                     m.next = "ENCODE"
-            for i, unit in enumerate(units[1:], start=1):  # every membrane to its bias
+            after = {i: f"INIT{j}" for i, j in zip(events, events[1:])}
+            for i in events:  # every membrane to its bias
+                unit = units[i]
                 with m.State(f"INIT{i}"):
                     m.d.comb += [unit.fire_en.eq(1), unit.init.eq(1)]
                     with m.If(unit.fire_done):
-                        m.next = f"INIT{i + 1}" if i + 1 < n else "IDLE"
+                        m.next = after.get(i, "IDLE")
             with m.State("ENCODE"):
                 # a cycle that waits for the host's next pixel is not the accelerator's work: the encoder is
                 # frozen and the cycle not counted, so the count is the same however the pixels arrive
                 with m.If(enc.advance):
                     m.d.sync += cycle.eq(cycle + 1)
                 with m.If(enc.run_done):
-                    m.next = "EV1"
-            for i, unit in enumerate(units[1:], start=1):
+                    m.next = f"UNROLL{unrolled[0]}" if unrolled else f"EV{events[0]}"
+            for i in unrolled:  # once per sample: every timestep of the layer
+                with m.State(f"UNROLL{i}"):
+                    m.d.comb += units[i].run_en.eq(1)
+                    m.d.sync += cycle.eq(cycle + 1)
+                    with m.If(units[i].run_done):
+                        m.next = f"UNROLL{i + 1}" if i + 1 in unrolled else f"EV{events[0]}"
+            for i in events:
+                unit = units[i]
                 with m.State(f"EV{i}"):
                     m.d.comb += unit.ev_en.eq(1)
                     m.d.sync += cycle.eq(cycle + 1)
@@ -110,7 +133,7 @@ class Accelerator(wiring.Component):
                                 m.next = "SETTLE"
                             with m.Else():
                                 m.d.sync += t.eq(t + 1)
-                                m.next = "EV1"
+                                m.next = f"EV{events[0]}"
             with m.State("SETTLE"):  # the argmax pipeline takes in the last potentials (not a counted cycle)
                 m.next = "RESULT"
             with m.State("RESULT"):
@@ -131,7 +154,11 @@ class Accelerator(wiring.Component):
 
         for s in range(T):
             m.d.comb += report(self.trace_slots[s], enc.trace[s], 0, s)
-        for i, unit in enumerate(units[1:], start=1):
+            for i in unrolled:  # after the encoder, never at the same time
+                with m.If(units[i].trace[s].valid):
+                    m.d.comb += report(self.trace_slots[s], units[i].trace[s], i, s)
+        for i in events:
+            unit = units[i]
             with m.If(unit.trace.valid):
                 m.d.comb += report(self.trace_slots[0], unit.trace, i, t)
         m.d.comb += self.trace_cycle.eq(cycle)

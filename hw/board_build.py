@@ -49,10 +49,10 @@ def bitstream_name(board: Board) -> str:
     return f"{NAME}.bin" if board.family == "ice40" else f"{NAME}.bit"
 
 
-def golden_cycles(net, configs: list[tuple[int, int]], dataset: str | None = None, data_path: str | None = None,
+def golden_cycles(net, configs: list[tuple], dataset: str | None = None, data_path: str | None = None,
                   samples: int | None = None, chunk: int = 100) -> tuple[str, float, int, dict]:
-    """One golden run over the test set, timed by the cycle model for every (lanes, offsets):
-    (data set, accuracy %, images, {(lanes, offsets): [cycles of each image]})."""
+    """One golden run over the test set, timed by the cycle model for every (lanes, offsets[, unrolled]):
+    (data set, accuracy %, images, {config: [cycles of each image]})."""
     from qpsnn.sim.cycle_model import timings_for
 
     data = dataset_for(net, dataset, data_path)
@@ -72,10 +72,10 @@ def golden_cycles(net, configs: list[tuple[int, int]], dataset: str | None = Non
 
 
 def workload(net, dataset: str | None = None, data_path: str | None = None, lanes: int = 8, chunk: int = 100,
-             offsets: int = 1) -> dict:
+             offsets: int = 1, unrolled: bool = False) -> dict:
     """Accuracy of the integer model and cycles per image from the cycle model, over the whole test set."""
-    name, accuracy, n, cycles = golden_cycles(net, [(lanes, offsets)], dataset, data_path, chunk=chunk)
-    mine = cycles[(lanes, offsets)]
+    name, accuracy, n, cycles = golden_cycles(net, [(lanes, offsets, unrolled)], dataset, data_path, chunk=chunk)
+    mine = cycles[(lanes, offsets, unrolled)]
     return {"dataset": name, "test_images": n, "accuracy": round(accuracy, 3),
             "cycles_per_image_mean": round(float(np.mean(mine)), 1), "cycles_per_image_max": int(np.max(mine))}
 
@@ -127,13 +127,13 @@ def parse_nextpnr_report(path: Path, family: str) -> dict:
     return out
 
 
-def host_design(net, board: Board, lanes: int, offsets: int, divisor: int = 104):
+def host_design(net, board: Board, lanes: int, offsets: int, divisor: int = 104, unrolled: bool = False):
     """The board's design without its PLL and pins: the accelerator behind the UART host link."""
     from .accelerator import Accelerator
     from .uart_host import UARTHost
 
-    geo = geometry_of(net, lanes, offsets)
-    accel = Accelerator(geo, placement=board.placement(offsets))
+    geo = geometry_of(net, lanes, offsets, unrolled)
+    accel = Accelerator(geo, placement=board.placement(offsets, unrolled))
     return UARTHost(accel, divisor, max_payload=board.max_payload)
 
 
@@ -146,7 +146,7 @@ def encoder_products_fit(board: Board, lanes: int, offsets: int) -> bool:
     return board.family != "ecp5" or lanes * offsets <= board.dsp - DSP_RESERVE
 
 
-def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
+def auto_lanes(net, board: Board, offsets: int, unrolled: bool = False) -> tuple[int, str]:
     """The largest power-of-two P that fits the board's memories and DSP blocks, and why no larger one."""
     widest = max(layer.channels for layer in net.layers)
     refused = []
@@ -157,7 +157,7 @@ def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
             refused.append(f"P={lanes} needs {lanes * offsets} multipliers, the {board.device} has {board.dsp} DSP blocks")
             continue
         try:
-            check_board_fits(host_design(net, board, lanes, offsets), board)
+            check_board_fits(host_design(net, board, lanes, offsets, unrolled=unrolled), board)
         except CapacityError as exc:
             refused.append(f"P={lanes}: {exc}")
             continue
@@ -166,6 +166,30 @@ def auto_lanes(net, board: Board, offsets: int) -> tuple[int, str]:
             if lanes == board.max_auto_lanes else "wide enough for the widest layer")
         return lanes, why
     raise CapacityError(f"{board.name}: no P fits; {refused[-1] if refused else 'the model is too large'}")
+
+
+def auto_config(net, board: Board, offsets: int, unrolled: bool = False) -> tuple[int, bool, str]:
+    """`auto_lanes`, and where the event-driven design fits at no P, layer 1 unrolled (no membranes, no
+    queues) if the model allows it: (P, unrolled, why)."""
+    try:
+        lanes, why = auto_lanes(net, board, offsets, unrolled)
+        return lanes, unrolled, why
+    except CapacityError as exc:
+        if unrolled or not can_unroll(net):
+            raise
+        try:
+            lanes, why = auto_lanes(net, board, offsets, True)
+        except CapacityError:
+            raise exc from None  # what the user asked for (event-driven) is what to explain
+        return lanes, True, f"{why}; layer 1 unrolled, since event-driven {exc}"
+
+
+def can_unroll(net) -> bool:
+    try:
+        geometry_of(net, None, 1, unrolled=True)
+    except CapacityError:
+        return False
+    return True
 
 
 def clocking(board: Board, clock_mhz: float, baud: int):
@@ -194,12 +218,12 @@ def clocking(board: Board, clock_mhz: float, baud: int):
 ABC_LUT_MAP = "techmap -map +/lattice/latches_map.v; abc -lut 4; clean"
 
 
-def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int):
+def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int, unrolled: bool = False):
     """amaranth's build plan of the whole board design (PLL, reset, UART host link, accelerator): the files and
     the yosys / nextpnr / pack script that `build` runs and `sweep --synth` runs up to nextpnr's packer."""
     from .board_top import BoardTop
 
-    top = BoardTop(board, host_design(net, board, lanes, offsets, divisor), pll)
+    top = BoardTop(board, host_design(net, board, lanes, offsets, divisor, unrolled), pll)
     flow = board.flow(offsets)
     synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", flow.synth_opts)  # escape hatches for yosys's own bugs
     overrides = {}
@@ -212,7 +236,8 @@ def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int):
 
 def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mhz: float | None = None,
           baud: int = 115200, out: str | Path | None = None, reporter: Reporter | None = None,
-          offsets: int | None = None) -> dict:
+          offsets: int | None = None, unrolled: bool = False) -> dict:
+    """``unrolled``: layer 1 time-unrolled (`qpsnn.hw.unrolled_layer`): no membranes or queues for it."""
     reporter = reporter or Reporter()
     board = board_named(board_name)
     max_payload = board.max_payload
@@ -220,20 +245,21 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
     net = modelfile.load(model)
     offsets = offsets or board.default_offsets
     if lanes is None:
-        lanes, why = auto_lanes(net, board, offsets)
+        lanes, unrolled, why = auto_config(net, board, offsets, unrolled)
         reporter.log(f"lanes auto: P={lanes}, {why}")
-    memory = check_board_fits(host_design(net, board, lanes, offsets), board)  # refuse before synthesis
+    memory = check_board_fits(host_design(net, board, lanes, offsets, unrolled=unrolled), board)  # refuse before synthesis
     clock = clock_mhz or board.default_mhz
     pll, clock_hz, divisor = clocking(board, clock, baud)
     out = Path(out or Path("bitstreams") / board.name)
     build_dir = out / "build"
     if build_dir.exists():
         shutil.rmtree(build_dir)
-    reporter.log(f"{board.name}: {board.device}, P={lanes}, {offsets} kernel offset(s) per cycle, {clock_hz / 1e6:g} MHz, UART {baud} baud; "
+    reporter.log(f"{board.name}: {board.device}, P={lanes}, {offsets} kernel offset(s) per cycle"
+                 f"{', layer 1 unrolled' if unrolled else ''}, {clock_hz / 1e6:g} MHz, UART {baud} baud; "
                  f"estimated {memory.bram} {board.bram_name} + {memory.spram} SPRAM")
 
     started = time.monotonic()
-    plan = board_plan(net, board, lanes, offsets, pll, divisor)
+    plan = board_plan(net, board, lanes, offsets, pll, divisor, unrolled)
     plan.extract(str(build_dir))
     _run_steps(build_dir, reporter, f"build {board.name}")
     resources = parse_nextpnr_report(build_dir / f"{NAME}.report.json", board.family)
@@ -243,12 +269,12 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
         # the bitstream runs models of exactly this geometry: keep the one it was built for beside it
         shutil.copyfile(model, out / "model.qpsnn")
 
-    work = workload(net, lanes=lanes, offsets=offsets)
+    work = workload(net, lanes=lanes, offsets=offsets, unrolled=unrolled)
     fmax = resources.get("fmax_mhz")
     clock_mhz_built = clock_hz / 1e6
     report = {
         "board": board.name, "device": board.device, "model": model.name, "model_sha256": sha256_of(model),
-        "lanes": lanes, "offsets": offsets, "clock_mhz": round(clock_mhz_built, 3), "uart_baud": baud, "uart_divisor": divisor,
+        "lanes": lanes, "offsets": offsets, **({"unrolled": True} if unrolled else {}), "clock_mhz": round(clock_mhz_built, 3), "uart_baud": baud, "uart_divisor": divisor,
         "fmax_mhz": fmax, "timing_met": fmax is not None and fmax >= clock_mhz_built,
         "logic": {"name": board.logic_name, **resources.get("logic", {})},
         "bram": {"name": board.bram_name, **resources.get("bram", {}), "estimated": memory.bram},
@@ -261,7 +287,8 @@ def build(model: str | Path, board_name: str, lanes: int | None = None, clock_mh
         "link_images_per_second": round(baud / 10 / proto.sample_bytes(int(np.prod(net.in_shape)), net.classes, max_payload), 1),
         "bitstream": bitfile.name, "bitstream_sha256": sha256_of(bitfile),
         "build_seconds": round(time.monotonic() - started, 1),
-        "command": f"qpsnn build {model} --board {board.name} --lanes {lanes} --offsets {offsets} --clock {clock:g}",
+        "command": f"qpsnn build {model} --board {board.name} --lanes {lanes} --offsets {offsets}"
+                   f"{' --unrolled' if unrolled else ''} --clock {clock:g}",
     }
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

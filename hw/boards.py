@@ -47,11 +47,14 @@ class Board:
     def flow(self, offsets: int) -> Flow:
         return self.kernel_parallel if offsets > 1 and self.kernel_parallel is not None else self.serial
 
-    def placement(self, offsets: int) -> "Placement":
-        """Where this board's build with ``offsets`` kernel offsets per cycle puts its memories."""
+    def placement(self, offsets: int, unrolled: bool = False) -> "Placement":
+        """Where this board's build with ``offsets`` kernel offsets per cycle puts its memories. An unrolled
+        build (MNIST on the UP5K) also moves the serial encoder's image to an SPRAM; the event-driven builds
+        keep it in block RAM, so that the kept bitstreams rebuild bit for bit."""
         from .params import Placement  # the RTL's side imports the boards (memory plan): not at module level
 
-        return Placement(self.weights_in_spram, self.small_in_bram, self.flow(offsets).membranes)
+        return Placement(self.weights_in_spram, self.small_in_bram, self.flow(offsets).membranes,
+                         image_in_spram=self.weights_in_spram and unrolled and offsets == 1)
 
     def platform(self):
         import importlib

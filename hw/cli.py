@@ -34,7 +34,8 @@ def cmd_build(args) -> int:
     require_extra("build", "fpga", *FPGA)
     from .board_build import build
 
-    report = build(args.file, args.board, args.lanes, args.clock, args.baud, args.out, offsets=args.offsets)
+    report = build(args.file, args.board, args.lanes, args.clock, args.baud, args.out, offsets=args.offsets,
+                   unrolled=args.unrolled)
     print(json.dumps(report, indent=1))
     if not report["timing_met"]:
         print(f"qpsnn: timing NOT met: Fmax {report['fmax_mhz']} MHz < {report['clock_mhz']} MHz; "
@@ -73,6 +74,9 @@ def register(sub) -> None:
                    help="P, output neurons per cycle: a power of two, or auto (default): the largest that fits the board")
     p.add_argument("--offsets", type=int, choices=(1, 9),
                    help="kernel offsets a conv layer updates per cycle (default: the board's, 1 on both boards today)")
+    p.add_argument("--unrolled", action="store_true",
+                   help="run layer 1 (a hidden conv layer) time-unrolled and dense: no membranes, no spike queues "
+                        "(what fits MNIST on the iCEBreaker)")
     p.add_argument("--clock", type=opt.clock_mhz, help="MHz from the PLL (default: 18 iCEBreaker, 40 ULX3S)")
     p.add_argument("--baud", type=opt.baud, default=115200)
     p.add_argument("--out", type=opt.output_dir, help="folder for the bitstream and report.json (default bitstreams/BOARD)")

@@ -33,7 +33,7 @@ from .records import Body, Route
 
 def device_info(accel: Accelerator, capacities: Capacities, max_payload: int) -> proto.DeviceInfo:
     geo = accel.geo
-    layers = tuple(proto.LayerInfo(lg.kind, lg.bits, lg.channels, wcap, ncap)
+    layers = tuple(proto.LayerInfo(lg.hw_kind, lg.bits, lg.channels, wcap, ncap)
                    for lg, wcap, ncap in zip(geo.layers, capacities.weight_words, capacities.neuron_words))
     return proto.DeviceInfo(proto.VERSION, geo.lanes, geo.timesteps, geo.classes, geo.membrane_bits,
                             proto.word_bytes(accel.data_bits), max_payload, proto.fingerprint(geo),

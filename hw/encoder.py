@@ -29,6 +29,8 @@ Latency from a neuron's last issue to its trace record t: ``LATENCY + t`` cycles
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Array, Cat, Const, EnableInserter, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -40,6 +42,7 @@ from .kernel_weights import KernelWeights
 from .interleave import bank_of_offset, neighbour_in_bank, split
 from .params import LaneParams, Placement, cmul, saturate, ubits
 from .records import ADDR_BITS, trace_layout
+from .weight_store import WeightStore
 
 LATENCY = ENCODER_LATENCY  # issue -> image/weight data -> products -> current -> LIF stage 0
 
@@ -85,6 +88,10 @@ class Encoder(wiring.Component):
                 mem = Memory(shape=8, depth=max(2, C * BH * BW), init=[])
                 m.submodules[f"image{r}"] = mem
                 images.append((mem.read_port(), mem.write_port()))
+        elif self.placement.image_in_spram:  # single-ported: the serial encoder reads only once the image is in
+            m.submodules.image = store = WeightStore(max(2, C * H * W), 8, spram=True)
+            images = [(SimpleNamespace(addr=store.r_addr, data=store.r_data),
+                       SimpleNamespace(addr=store.w_addr, en=store.w_en, data=store.w_data))]
         else:
             mem = Memory(shape=8, depth=max(2, C * H * W), init=[])
             m.submodules.image = mem

@@ -34,8 +34,10 @@ from .params import LaneParams, Placement, cmul, packed_memory, saturate, ubits
 from .records import ADDR_BITS, trace_layout
 
 # deliberate bugs for the benches to catch: "bank-offset": bank row 0 takes bank row 1's kernel offset;
-# "no-reset": the encoder's LIF stages forget the reset after a spike
-FAULTS = ("bank-offset", "no-reset", "pixel-race")
+# "no-reset": the encoder's LIF stages forget the reset after a spike; "one-current": an unrolled layer
+# takes timestep 0's inputs for every timestep (the encoder's one current, wrongly kept); "map-no-or": its
+# spike map keeps each window's last record instead of OR-pooling the window
+FAULTS = ("bank-offset", "no-reset", "pixel-race", "one-current", "map-no-or")
 
 
 def entry_of(geo: LayerGeometry) -> data.StructLayout:
@@ -49,7 +51,7 @@ class LayerUnit(wiring.Component):
         assert not geo.first
         self.geo, self.leak_shift, self.in_geo, self.forwarding = geo, leak_shift, in_geo, forwarding
         self.placement, self.fault = placement, fault
-        self.regions = timesteps if in_geo.first else 1  # the encoder queues every timestep at once
+        self.regions = timesteps if in_geo.time_unrolled else 1  # the encoder queues every timestep at once
         P, V = geo.lanes, geo.membrane_bits
         self.y_bits = ubits(max(geo.height, geo.in_height))
         self.x_bits = ubits(max(geo.width, geo.in_width))

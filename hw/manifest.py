@@ -81,11 +81,13 @@ def reproduce(root: str | Path = "bitstreams", scratch: str | Path | None = None
     problems = []
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         for folder, argv in rebuild_commands(root):
-            opts = dict(zip(argv[2::2], argv[3::2]))
+            unrolled = "--unrolled" in argv  # the one flag without a value
+            flags = [a for a in argv if a != "--unrolled"]
+            opts = dict(zip(flags[2::2], flags[3::2]))
             rel = folder.relative_to(root)
             out = Path(tmp) / rel
             report = build(argv[1], opts["--board"], int(opts["--lanes"]), float(opts["--clock"]),
-                           int(opts.get("--baud", 115200)), out, offsets=int(opts.get("--offsets", 1)))
+                           int(opts.get("--baud", 115200)), out, offsets=int(opts.get("--offsets", 1)), unrolled=unrolled)
             name = str(rel / report["bitstream"])
             want = listed.get(name)
             got = report["bitstream_sha256"]

@@ -38,10 +38,12 @@ class Placement:
 
     ``weights_in_spram``: big weight stores in SPRAM (iCE40 UP); ``small_in_bram``: memories of a few hundred
     bits in block RAM too (blocks to spare, logic scarce); ``membranes``: the ram_style of the interleaved
-    membrane banks (``"distributed"``: LUT RAM, the ECP5's kernel-parallel flow)."""
+    membrane banks (``"distributed"``: LUT RAM, the ECP5's kernel-parallel flow); ``image_in_spram``: the serial
+    encoder's image in an SPRAM (loaded, then read: one port is enough), two block RAMs freed."""
     weights_in_spram: bool = False
     small_in_bram: bool = False
     membranes: str | None = None
+    image_in_spram: bool = False
 
 
 def packed_memory(width: int, depth: int, shape=None, small_in_bram: bool = False,

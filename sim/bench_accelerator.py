@@ -34,7 +34,7 @@ async def write_config(dut, net, geo):
         dut.cfg_data.value = value
         await _cycle(dut)
 
-    for layer, region, words in model_words(net, geo.lanes, geo.offsets):  # what the host link's WRITEs carry
+    for layer, region, words in model_words(net, geo.lanes, geo.offsets, geo.unrolled):  # what the host link's WRITEs carry
         for addr, word in enumerate(words):
             await write(layer, region, addr, word)
     dut.cfg_en.value = 0
@@ -72,7 +72,7 @@ async def accelerator_matches_golden(dut):
     with open(os.environ["QPSNN_BENCH_JOB"]) as f:
         job = json.load(f)
     net = modelfile.load(job["model"])
-    geo = geometry_of(net, job["lanes"], job.get("offsets", 1))
+    geo = geometry_of(net, job["lanes"], job.get("offsets", 1), job.get("unrolled", False))
     images = np.load(job["images"])
     golden = run_golden(net, torch.from_numpy(images), trace=True)
     timings = timings_for(geo, golden)
@@ -129,9 +129,10 @@ async def accelerator_matches_golden(dut):
                 if not rec(raw, "valid"):
                     continue
                 traced += 1
-                # slot s > 0 is always the encoder's timestep s (constant fields: some simulators never
-                # evaluate a process that drives only constants, so they are not read from the port)
-                layer, t = (rec(raw, "layer"), rec(raw, "t")) if slot == 0 else (0, slot)
+                # slot s > 0 is timestep s of the encoder (or of an unrolled layer); its constant fields are not
+                # read from the port: some simulators never evaluate a process that drives only constants
+                layer = rec(raw, "layer") if slot == 0 or geo.unrolled else 0
+                t = rec(raw, "t") if slot == 0 else slot
                 addr = rec(raw, "addr")
                 lanes, spikes, vbits = rec(raw, "lanes"), rec(raw, "spikes"), rec(raw, "v")
                 lg = geo.layers[layer]

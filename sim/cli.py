@@ -18,13 +18,14 @@ def cmd_sim(args) -> int:
 
     try:
         report = simulate(args.file, args.simulator, args.samples, args.lanes, args.waves, args.dataset, args.data_path,
-                          offsets=args.offsets, jobs=args.jobs)
+                          offsets=args.offsets, jobs=args.jobs, unrolled=args.unrolled)
     except CapacityError as exc:
         raise QpsnnError(str(exc)) from None
     if args.json:
         print(json.dumps(report.to_json()))
     else:
-        print(f"{report.samples} samples on {report.simulator} (P={report.lanes}, offsets={report.offsets}): "
+        print(f"{report.samples} samples on {report.simulator} (P={report.lanes}, offsets={report.offsets}"
+              f"{', layer 1 unrolled' if report.unrolled else ''}): "
               f"{'bit-exact' if report.bit_exact else str(report.mismatches) + ' MISMATCHES'}; "
               f"{report.cycles_total} cycles, bound {report.bound_cycles_total} "
               f"(x{report.cycles_over_bound}), {report.events_total} events, {report.sim_seconds} s simulated"
@@ -34,6 +35,39 @@ def cmd_sim(args) -> int:
         if report.first_mismatches and report.waves:
             print(f"  waveform: {report.waves}")
     return 0 if report.bit_exact else 1
+
+
+def cmd_postsynth(args) -> int:
+    """The board's netlist (yosys) under Icarus with yosys's cell models, against the golden and cycle models."""
+    require_extra("postsynth", "hw", *HW)
+    from qpsnn.hw.boards import board_named
+    from qpsnn.hw.geometry import CapacityError
+    from qpsnn.sw import modelfile
+    from qpsnn.sw.evaluate import dataset_for
+    from qpsnn.sw.errors import QpsnnError
+
+    from .postsynth import check_netlist
+
+    board = board_named(args.board)
+    offsets = args.offsets or board.default_offsets
+    net = modelfile.load(args.file)
+    lanes = args.lanes or net.lanes
+    images = dataset_for(net, args.dataset, args.data_path).test.images[:args.samples]
+    print(f"synthesizing the accelerator for the {board.device} (P={lanes}, offsets={offsets}"
+          f"{', layer 1 unrolled' if args.unrolled else ''}), then {len(images)} images on Icarus ...", flush=True)
+    try:
+        r = check_netlist(args.file, images, lanes, board.family, board.placement(offsets, args.unrolled),
+                          offsets=offsets, unrolled=args.unrolled)
+    except CapacityError as exc:
+        raise QpsnnError(str(exc)) from None
+    exact = r.mismatch_count == 0 and len(r.results) == len(images)
+    cycles = sum(row["cycles"] for row in r.results)
+    print(f"{len(r.results)} samples on the {board.family} netlist: "
+          f"{'bit-exact' if exact else str(r.mismatch_count) + ' MISMATCHES'}; {cycles} cycles "
+          f"(cycle model {sum(row['expected_cycles'] for row in r.results)}), {r.sim_seconds:.0f} s simulated")
+    for mm in r.mismatches[:10]:
+        print(f"  mismatch: {mm}")
+    return 0 if exact else 1
 
 
 def cmd_bench_density(args) -> int:
@@ -111,6 +145,12 @@ def _offsets(p) -> None:
                         f"(the iCE40 build)")
 
 
+def _unrolled(p) -> None:
+    p.add_argument("--unrolled", action="store_true",
+                   help="run layer 1 (a hidden conv layer) time-unrolled and dense: no membranes, no queues "
+                        "(the iCEBreaker's MNIST build)")
+
+
 def _lanes(p) -> None:
     p.add_argument("--lanes", type=opt.lanes,
                    help=f"P, output neurons updated per cycle: a power of two up to {opt.MAX_LANES} (default: the file's)")
@@ -122,6 +162,8 @@ def _host_simulator(p) -> None:
 
 
 def register(sub) -> None:
+    from qpsnn.hw.boards import BOARDS
+
     from .toolchain import SIMULATORS
 
     p = sub.add_parser("sim", help="run test images through the RTL (cocotb) and compare with the golden model")
@@ -130,6 +172,7 @@ def register(sub) -> None:
     p.add_argument("--samples", type=opt.samples, help="only the first N test images (default: all)")
     _lanes(p)
     _offsets(p)
+    _unrolled(p)
     p.add_argument("--waves", action="store_true", help="keep a waveform file of the run")
     p.add_argument("--jobs", type=opt.jobs, default=1,
                    help="simulator processes at once, each on its share of the images (default 1); one build")
@@ -137,6 +180,18 @@ def register(sub) -> None:
     p.add_argument("--data-path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("postsynth", help="the accelerator as yosys synthesizes it for a board, simulated gate by "
+                                         "gate (Icarus, yosys's cell models) against the golden model")
+    p.add_argument("file")
+    p.add_argument("--board", required=True, choices=sorted(BOARDS))
+    p.add_argument("--samples", type=opt.samples, default=2, help="test images (default 2: gate level is slow)")
+    _lanes(p)
+    p.add_argument("--offsets", type=int, choices=(1, 9), help="kernel offsets per cycle (default: the board's)")
+    _unrolled(p)
+    p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
+    p.add_argument("--data-path")
+    p.set_defaults(func=cmd_postsynth)
 
     p = sub.add_parser("serve-sim", help="simulate the accelerator with its host link and serve it on a TCP port")
     p.add_argument("file", nargs="?", default="model.qpsnn", help="model whose accelerator to build (default model.qpsnn)")

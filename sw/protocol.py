@@ -184,7 +184,7 @@ class LayerInfo:
     neuron_words: int  # capacity of each membrane bank (words)
 
 
-KINDS = ("conv", "fc", "output")
+KINDS = ("conv", "fc", "output", "unrolled")  # "unrolled": a conv layer run time-unrolled (its weights in file order)
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,11 @@ class DeviceInfo:
     offsets: int = 1  # kernel offsets a conv layer updates per cycle: 9 means weights are stored offset-major
 
     HEADER = 22
+
+    @property
+    def unrolled(self) -> bool:
+        """Layer 1 runs time-unrolled (`qpsnn.sw.geometry.geometry_of`)."""
+        return any(layer.kind == "unrolled" for layer in self.layers)
 
     def to_bytes(self) -> bytes:
         out = MAGIC + bytes([self.version, self.lanes, len(self.layers), self.timesteps])
@@ -242,7 +247,7 @@ def fingerprint(geo) -> int:
     the same fields (the driver builds one from the model file without amaranth)."""
     parts = [geo.lanes, geo.timesteps, geo.classes, geo.leak_shift, *geo.in_shape, getattr(geo, "offsets", 1)]
     for lg in geo.layers:
-        parts += [KINDS.index(lg.kind), lg.channels, lg.in_channels, lg.height, lg.width, lg.pool, lg.in_height,
+        parts += [KINDS.index(getattr(lg, "hw_kind", lg.kind)), lg.channels, lg.in_channels, lg.height, lg.width, lg.pool, lg.in_height,
                   lg.in_width, lg.bits, lg.weight_shift, lg.membrane_bits, lg.weight_rows]
     return zlib.crc32(struct.pack(f"<{len(parts)}i", *parts))
 

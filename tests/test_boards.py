@@ -40,6 +40,34 @@ def test_model_too_large_for_the_icebreaker_is_refused_naming_the_memory():
     assert check_board_fits(host_design(net, board, 8, 9), board).bram <= board.bram
 
 
+def test_mnist_fits_the_icebreaker_only_with_its_hidden_layer_unrolled():
+    """The kept c16-c16 MNIST network: event-driven, its hidden layer's membranes and queues overflow the UP5K's
+    30 block RAMs; unrolled (no membranes, no queues; the image in an SPRAM) it fits."""
+    net = modelfile.load(Path(__file__).parents[1] / "bitstreams" / "ulx3s-85f" / "mnist5k-kp" / "model.qpsnn")
+    board = BOARDS["icebreaker"]
+    with pytest.raises(CapacityError, match=r"needs \d+ SB_RAM40_4K block RAMs, the iCE40UP5K-SG48 has 30"):
+        check_board_fits(host_design(net, board, 4, 1), board)
+    plan = check_board_fits(host_design(net, board, 4, 1, unrolled=True), board)
+    names = {row[0].name: row[2] for row in plan.rows}
+    assert plan.bram <= board.bram and plan.spram <= board.spram
+    assert names["processor.accel.layer0.image.spram0"] == "SPRAM"
+    assert not any("layer1.membrane" in name or "layer1.queue" in name for name in names)
+
+
+def test_lanes_auto_unrolls_layer_1_only_where_no_event_driven_design_fits(tiny_net):
+    from qpsnn.hw.board_build import auto_config
+
+    mnist = modelfile.load(Path(__file__).parents[1] / "bitstreams" / "ulx3s-85f" / "mnist5k-kp" / "model.qpsnn")
+    lanes, unrolled, why = auto_config(mnist, BOARDS["ulx3s-85f"], 1)
+    assert (lanes, unrolled) == (16, False)  # fits event-driven: kept so
+    small = fold(random_model("c4-p2-c8-p2-fc10", in_shape=(1, 28, 28), timesteps=2), lanes=2)
+    lanes, unrolled, why = auto_config(small, BOARDS["icebreaker"], 1)
+    assert (lanes, unrolled) == (2, False)
+    wide = fold(random_model("c8-p2-c16-p2-fc10", in_shape=(1, 28, 28), timesteps=2), lanes=2)
+    lanes, unrolled, why = auto_config(wide, BOARDS["icebreaker"], 1)
+    assert unrolled and lanes == 2 and "layer 1 unrolled, since event-driven" in why and "block RAMs" in why
+
+
 def test_memory_plan_reads_every_memory_of_the_design():
     """The plan walks the elaborated design: nine interleaved membrane banks and nine weight copies (one per
     bank) per kernel-parallel conv layer after the encoder, nine offset stores in the encoder, one region of the spike queue per timestep after the encoder."""
@@ -203,7 +231,8 @@ def test_every_kept_bitstream_has_a_rebuild_command():
     assert len(commands) == len(list(kept.glob("*/*/report.json"))) >= 3
     for folder, argv in commands:
         assert argv[:2] == ["build", str(folder / "model.qpsnn")] and (folder / "model.qpsnn").exists()
-        opts = dict(zip(argv[2::2], argv[3::2]))
+        flags = [a for a in argv if a != "--unrolled"]  # the one option without a value
+        opts = dict(zip(flags[2::2], flags[3::2]))
         assert {"--board", "--lanes", "--offsets", "--clock"} <= set(opts)
 
 

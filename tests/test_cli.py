@@ -72,7 +72,8 @@ def test_inspect_json_has_the_manifest(capsys, trained_digits):
     assert len(layers[1]["kept_channels"]) == 8  # c16 pruned by half
 
 
-COMMANDS = {"demo", "train", "eval", "inspect", "ablate", "infer", "reset", "sim", "serve-sim", "bench-link", "bench-density",
+COMMANDS = {"demo", "train", "eval", "inspect", "ablate", "infer", "reset", "sim", "postsynth", "serve-sim", "bench-link",
+            "bench-density",
             "build", "sweep", "flash", "export-nir", "import-nir"}
 
 
@@ -81,6 +82,7 @@ COMMANDS = {"demo", "train", "eval", "inspect", "ablate", "infer", "reset", "sim
     ("cocotb", ["serve-sim", "model.qpsnn"], "hw"),
     ("amaranth", ["bench-link", "model.qpsnn"], "hw"),
     ("amaranth", ["bench-density", "model.qpsnn"], "hw"),
+    ("amaranth", ["postsynth", "model.qpsnn", "--board", "icebreaker"], "hw"),
     ("amaranth", ["sweep", "model.qpsnn", "--board", "icebreaker"], "hw"),
     ("amaranth_boards", ["build", "model.qpsnn", "--board", "icebreaker"], "fpga"),
     ("nir", ["export-nir", "model.qpsnn", "out.nir"], "nir"),

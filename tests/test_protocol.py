@@ -75,3 +75,34 @@ def test_sample_bytes_counts_the_frames_a_sample_takes():
         wire = sum(len(proto.request(proto.RUN, p)) for p in payloads) + (len(payloads) - 1) * len(proto.reply(proto.OK)) \
             + len(proto.reply(proto.OK, bytes(proto.RESULT_FIXED + 4 * 10)))
         assert proto.sample_bytes(pixels, 10, max_payload) == wire
+
+
+def test_an_unrolled_layer_is_its_own_kind_with_its_own_fingerprint_and_row_order(tiny_net):
+    """A device whose layer 1 runs unrolled says so in IDENTIFY; the driver then builds the same geometry
+    (its fingerprint differs from the event-driven one) and sends that layer's rows in the file's order."""
+    from conftest import random_model
+
+    from qpsnn.sw.device import model_words
+    from qpsnn.sw.fold import fold
+    from qpsnn.sw.geometry import geometry_of
+
+    net = fold(random_model("c3-p2-c4-p2-fc4", (1, 8, 8)), lanes=4)
+    events, unrolled = geometry_of(net, 4, 9), geometry_of(net, 4, 9, unrolled=True)
+    assert proto.fingerprint(events) != proto.fingerprint(unrolled)
+    layers = tuple(proto.LayerInfo(lg.hw_kind, lg.bits, lg.channels, lg.weight_words, lg.neuron_words)
+                   for lg in unrolled.layers)
+    info = proto.DeviceInfo(proto.VERSION, 4, net.timesteps, 4, 20, 2, 512, proto.fingerprint(unrolled), (1, 8, 8),
+                            layers, 9)
+    back = proto.DeviceInfo.from_bytes(info.to_bytes())
+    assert back.unrolled and [l.kind for l in back.layers] == ["conv", "unrolled", "output"]
+    kernel_parallel, file_order = model_words(net, 4, 9), model_words(net, 4, 1)
+    sent = model_words(net, 4, 9, unrolled=back.unrolled)
+    assert sent[0] == kernel_parallel[0]  # the encoder stays kernel-parallel: offset-major rows
+    (weights1,) = [w for layer, region, w in sent if layer == 1 and region == proto.REGION_WEIGHTS]
+    (rows1,) = [w for layer, region, w in file_order if layer == 1 and region == proto.REGION_WEIGHTS]
+    lg = unrolled.layers[1]
+    used, stride = 9 * lg.groups, lg.channel_stride  # each channel's rows padded to a power-of-two stride
+    assert stride & (stride - 1) == 0 and len(weights1) == lg.weight_words == lg.in_channels * stride
+    for c in range(lg.in_channels):
+        assert weights1[c * stride:c * stride + used] == rows1[c * used:(c + 1) * used]
+        assert not any(weights1[c * stride + used:(c + 1) * stride])

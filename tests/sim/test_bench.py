@@ -103,6 +103,46 @@ def test_deliberate_bugs_are_caught_at_the_first_record_that_differs(models, dig
         assert first["timestep"] >= 1  # a spike train is right until its first spike
 
 
+@needs_verilator
+@pytest.mark.parametrize("bits, lanes, offsets, n", [(4, 4, 1, 3), (2, 8, 9, 2), (8, 2, 1, 2)])
+def test_unrolled_layer_bit_exact(models, digits, sim_work, bits, lanes, offsets, n):
+    """Layer 1 time-unrolled and dense (no membranes, no queues), behind a serial or a kernel-parallel encoder:
+    every record, cycle, class and potential, as the golden and cycle models say."""
+    net, path = models[bits]
+    result = run_bench(path, net, digits.test.images[30:30 + n], "verilator", lanes=lanes, work=sim_work,
+                       offsets=offsets, unrolled=True)
+    _check(result, n, net, lanes, offsets)
+
+
+@needs_verilator
+@pytest.mark.parametrize("fault", ["one-current", "map-no-or"])
+def test_unrolled_layer_bugs_are_caught_at_the_first_record_that_differs(models, digits, sim_work, fault):
+    """An unrolled layer that keeps timestep 0's current for every timestep is right at t = 0 and wrong from
+    the first timestep whose inputs differ; a spike map that keeps a window's last record instead of its OR
+    feeds layer 1 wrong inputs. Either way the first wrong record is layer 1's."""
+    net, path = models[4]
+    result = run_bench(path, net, digits.test.images[20:22], "verilator", lanes=4, work=sim_work, offsets=1,
+                       fault=fault, max_mismatches=10_000, unrolled=True)
+    first = _first_mismatch(result)
+    assert first["layer"] == 1 and first["what"] == "membrane/spike"
+    if fault == "one-current":
+        assert first["timestep"] >= 1
+        assert all(m["timestep"] >= 1 for m in result.mismatches if m.get("layer") == 1)
+
+
+def test_unrolled_layer_1_must_be_a_hidden_convolution(tiny_net):
+    from qpsnn.sw.fold import fold
+    from conftest import random_model
+
+    with pytest.raises(CapacityError, match="hidden convolution"):
+        geometry_of(tiny_net, 4, 1, unrolled=True)  # c3-p2-fc4: layer 1 is the output layer
+    long = fold(random_model("c3-p2-c4-p2-fc4", (1, 8, 8), timesteps=10), lanes=4)
+    with pytest.raises(CapacityError, match="at most 9 timesteps"):
+        geometry_of(long, 4, 1, unrolled=True)
+    geo = geometry_of(fold(random_model("c3-p2-c4-p2-fc4", (1, 8, 8)), lanes=4), 4, 9, unrolled=True)
+    assert [l.unrolled for l in geo.layers] == [False, True, False] and not geo.layers[1].interleaved
+
+
 def test_model_too_large_is_refused_at_elaboration(models):
     net, _ = models[4]
     geo = geometry_of(net, 8)
