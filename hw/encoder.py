@@ -40,7 +40,8 @@ from .event_queue import entry_layout
 from .geometry import ENCODER_LATENCY, KERNEL, PARALLEL_OFFSETS, LayerGeometry
 from .kernel_weights import KernelWeights
 from .interleave import bank_of_offset, neighbour_in_bank, split
-from .params import LaneParams, Placement, cmul, saturate, ubits
+from .params import (LaneParams, Placement, cmul, drain_and_done_states, emit_neuron, load_lane_params, saturate,
+                     step_window_major, ubits)
 from .records import ADDR_BITS, trace_layout
 from .weight_store import WeightStore
 
@@ -247,18 +248,9 @@ class Encoder(wiring.Component):
 
         def emit(t, valid, tg, ok, v, spikes):
             """Trace record t, and the window's OR-pooled spikes into region t of the next layer's queue."""
-            rec = self.trace[t]
             if g.overlaps_load:
                 valid = valid & self.advance  # a frozen cycle shows nothing (its outputs are held, not new)
-            m.d.comb += [rec.valid.eq(valid), rec.t.eq(t), rec.addr.eq(tg.addr), rec.lanes.eq(ok),
-                         rec.spikes.eq(spikes)] + [rec.v[j].eq(v[j]) for j in range(P)]
-            window = Signal(P, name=f"window{t}")
-            mask = window | spikes
-            with m.If(valid):
-                m.d.sync += window.eq(Mux(tg.eow, 0, mask))
-            m.d.comb += [self.spike_valid[t].eq(valid & tg.eow & (mask != 0)),
-                         self.spikes[t].group.eq(tg.grp), self.spikes[t].y.eq(tg.py), self.spikes[t].x.eq(tg.px),
-                         self.spikes[t].mask.eq(mask)]
+            emit_neuron(m, t, valid, tg, ok, v, spikes, self.trace[t], self.spike_valid[t], self.spikes[t])
 
         if self.serial_lif:
             # one datapath steps a neuron through its T timesteps while the next neuron accumulates (9 C >= T
@@ -303,13 +295,7 @@ class Encoder(wiring.Component):
                 with m.If(self.run_en):
                     m.next = "PARAMS"
             with m.State("PARAMS"):  # this group's thresholds and biases, one lane per cycle (latency 1)
-                m.d.sync += param_lane.eq(param_lane + 1)
-                with m.If(param_lane != 0):
-                    m.d.sync += [theta.eq(Cat(theta.as_value()[V:], params.r_theta)),
-                                 bias.eq(Cat(bias.as_value()[V:], params.r_bias))]
-                with m.If(param_lane == P):
-                    m.d.sync += param_lane.eq(0)
-                    m.next = "ISSUE"
+                load_lane_params(m, param_lane, P, V, theta, bias, params.r_theta, params.r_bias, "ISSUE")
             with m.State("ISSUE"):
                 m.d.comb += issuing.eq(pixel_in)
                 # innermost: kernel offset (taps == 1), input channel, window slot, x, y
@@ -331,29 +317,8 @@ class Encoder(wiring.Component):
                         m.d.sync += c.eq(c + 1)
                     with m.Else():
                         m.d.sync += [c.eq(0), neuron.eq(neuron + 1)]
-                        with m.If(w != pw - 1):
-                            m.d.sync += w.eq(w + 1)
-                        with m.Else():
-                            m.d.sync += w.eq(0)
-                            with m.If(px != g.pooled_width - 1):
-                                m.d.sync += px.eq(px + 1)
-                            with m.Else():
-                                m.d.sync += px.eq(0)
-                                with m.If(py != g.pooled_height - 1):
-                                    m.d.sync += py.eq(py + 1)
-                                with m.Else():
-                                    m.d.sync += py.eq(0)
+                        step_window_major(m, w, px, py, pw, g.pooled_width, g.pooled_height)
                 with m.If(issuing & last_in_group):
                     m.next = "DRAIN"
-            with m.State("DRAIN"):
-                with m.If(~busy_pipe):
-                    with m.If(grp == G - 1):
-                        m.next = "DONE"
-                    with m.Else():
-                        m.d.sync += grp.eq(grp + 1)
-                        m.next = "PARAMS"
-            with m.State("DONE"):
-                m.d.comb += self.run_done.eq(1)
-                with m.If(~self.run_en):
-                    m.next = "IDLE"
+            drain_and_done_states(m, busy_pipe, grp, G, self.run_en, self.run_done)
         return EnableInserter({"sync": self.advance})(m) if g.overlaps_load else m

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -30,6 +30,67 @@ def cmul(value, constant: int):
 def saturate(value, bits: int):
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
+
+
+def load_lane_params(m, param_lane, lanes: int, value_bits: int, theta, bias, r_theta, r_bias, then: str):
+    """One cycle of an FSM state that loads a group's parameters lane by lane (read latency 1), each value
+    shifted in from the top; after ``lanes`` + 1 cycles the registers hold the group and the FSM goes to
+    ``then``."""
+    V = value_bits
+    m.d.sync += param_lane.eq(param_lane + 1)
+    with m.If(param_lane != 0):
+        m.d.sync += [theta.eq(Cat(theta.as_value()[V:], r_theta)), bias.eq(Cat(bias.as_value()[V:], r_bias))]
+    with m.If(param_lane == lanes):
+        m.d.sync += param_lane.eq(0)
+        m.next = then
+
+
+def step_window_major(m, w, px, py, window: int, width: int, height: int):
+    """The next neuron of an output-stationary, window-major walk: the slot in the pool window, then x, then y
+    of the pooled map; every counter wraps."""
+    with m.If(w != window - 1):
+        m.d.sync += w.eq(w + 1)
+    with m.Else():
+        m.d.sync += w.eq(0)
+        with m.If(px != width - 1):
+            m.d.sync += px.eq(px + 1)
+        with m.Else():
+            m.d.sync += px.eq(0)
+            with m.If(py != height - 1):
+                m.d.sync += py.eq(py + 1)
+            with m.Else():
+                m.d.sync += py.eq(0)
+
+
+def emit_neuron(m, t: int, valid, tag, lanes, v, spikes, record, spike_valid, entry):
+    """A neuron's timestep t leaves an output-stationary pass: its trace ``record`` (P lanes of membrane and
+    spike), and at the end of its pool window (``tag.eow``) the window's OR-pooled spikes as one queue
+    ``entry`` of the next layer (``spike_valid`` when any spiked)."""
+    P = len(spikes)
+    m.d.comb += [record.valid.eq(valid), record.t.eq(t), record.addr.eq(tag.addr), record.lanes.eq(lanes),
+                 record.spikes.eq(spikes)] + [record.v[j].eq(v[j]) for j in range(P)]
+    window = Signal(P, name=f"window{t}")
+    mask = window | spikes
+    with m.If(valid):
+        m.d.sync += window.eq(Mux(tag.eow, 0, mask))
+    m.d.comb += [spike_valid.eq(valid & tag.eow & (mask != 0)), entry.group.eq(tag.grp), entry.y.eq(tag.py),
+                 entry.x.eq(tag.px), entry.mask.eq(mask)]
+
+
+def drain_and_done_states(m, busy, grp, groups: int, run_en, run_done):
+    """The last two states of an output-stationary pass: DRAIN waits for the pipeline, then the next group's
+    PARAMS or, after the last group, DONE, which holds ``run_done`` until the sequencer drops ``run_en``."""
+    with m.State("DRAIN"):
+        with m.If(~busy):
+            with m.If(grp == groups - 1):
+                m.next = "DONE"
+            with m.Else():
+                m.d.sync += grp.eq(grp + 1)
+                m.next = "PARAMS"
+    with m.State("DONE"):
+        m.d.comb += run_done.eq(1)
+        with m.If(~run_en):
+            m.next = "IDLE"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from .event_queue import entry_layout
 from .geometry import ENCODER_LATENCY, KERNEL, PARALLEL_OFFSETS, LayerGeometry
 from qpsnn.sw.protocol import REGION_BIAS, REGION_THRESHOLD, REGION_WEIGHTS
 
-from .params import Placement, cmul, packed_memory, saturate, ubits
+from .params import (Placement, cmul, drain_and_done_states, emit_neuron, load_lane_params, packed_memory,
+                     saturate, step_window_major, ubits)
 from .records import ADDR_BITS, trace_layout
 
 LATENCY = ENCODER_LATENCY  # issue -> map/weight data -> code sums -> currents -> LIF step 0
@@ -233,17 +234,7 @@ class UnrolledLayer(wiring.Component):
             m.d.comb += [v[j].eq(saturate(state_in[j] + cur_in[j], V)), spikes[j].eq(ok[j] & (v[j] >= theta[j]))]
             m.d.sync += held_state[j].eq(saturate((Mux(spikes[j], 0, v[j]) >> self.leak_shift) + bias[j], V))
         for t in range(T):  # record t, and the window's OR-pooled spikes into region t of the next layer's queue
-            valid = active & (t_in == t)
-            rec = self.trace[t]
-            m.d.comb += [rec.valid.eq(valid), rec.t.eq(t), rec.addr.eq(tg.addr), rec.lanes.eq(ok),
-                         rec.spikes.eq(spikes)] + [rec.v[j].eq(v[j]) for j in range(P)]
-            window = Signal(P, name=f"window{t}")
-            mask = window | spikes
-            with m.If(valid):
-                m.d.sync += window.eq(Mux(tg.eow, 0, mask))
-            m.d.comb += [self.spike_valid[t].eq(valid & tg.eow & (mask != 0)),
-                         self.spikes[t].group.eq(tg.grp), self.spikes[t].y.eq(tg.py), self.spikes[t].x.eq(tg.px),
-                         self.spikes[t].mask.eq(mask)]
+            emit_neuron(m, t, active & (t_in == t), tg, ok, v, spikes, self.trace[t], self.spike_valid[t], self.spikes[t])
         busy_pipe = Cat(s1.valid, s2.valid, complete, busy_lif).any()
 
         # ------------------------------------------------------------ sequencing (the serial encoder's)
@@ -253,13 +244,7 @@ class UnrolledLayer(wiring.Component):
                 with m.If(self.run_en):
                     m.next = "PARAMS"
             with m.State("PARAMS"):  # this group's thresholds and biases, one lane per cycle (latency 1)
-                m.d.sync += param_lane.eq(param_lane + 1)
-                with m.If(param_lane != 0):
-                    m.d.sync += [theta.eq(Cat(theta.as_value()[V:], pr.data[:V])),
-                                 bias.eq(Cat(bias.as_value()[V:], pr.data[V:]))]
-                with m.If(param_lane == P):
-                    m.d.sync += param_lane.eq(0)
-                    m.next = "ISSUE"
+                load_lane_params(m, param_lane, P, V, theta, bias, pr.data[:V], pr.data[V:], "ISSUE")
             with m.State("ISSUE"):
                 m.d.comb += issuing.eq(1)
                 with m.If(kx != 2):
@@ -270,29 +255,8 @@ class UnrolledLayer(wiring.Component):
                         m.d.sync += ky.eq(ky + 1)
                     with m.Else():
                         m.d.sync += [ky.eq(0), neuron.eq(neuron + 1)]
-                        with m.If(w != pw - 1):
-                            m.d.sync += w.eq(w + 1)
-                        with m.Else():
-                            m.d.sync += w.eq(0)
-                            with m.If(px != g.pooled_width - 1):
-                                m.d.sync += px.eq(px + 1)
-                            with m.Else():
-                                m.d.sync += px.eq(0)
-                                with m.If(py != g.pooled_height - 1):
-                                    m.d.sync += py.eq(py + 1)
-                                with m.Else():
-                                    m.d.sync += py.eq(0)
+                        step_window_major(m, w, px, py, pw, g.pooled_width, g.pooled_height)
                 with m.If(last_in_group):
                     m.next = "DRAIN"
-            with m.State("DRAIN"):
-                with m.If(~busy_pipe):
-                    with m.If(grp == G - 1):
-                        m.next = "DONE"
-                    with m.Else():
-                        m.d.sync += grp.eq(grp + 1)
-                        m.next = "PARAMS"
-            with m.State("DONE"):
-                m.d.comb += self.run_done.eq(1)
-                with m.If(~self.run_en):
-                    m.next = "IDLE"
+            drain_and_done_states(m, busy_pipe, grp, G, self.run_en, self.run_done)
         return m
