@@ -1,4 +1,5 @@
-"""Network and accelerator co-design for one board: every trained model x every (P, kernel offsets) choice,
+"""Network and accelerator co-design for one board: every trained model x every (P, kernel offsets[, layer 1
+unrolled]) choice,
 measured, and the Pareto front of accuracy, images per second and logic.
 
 Nothing in a point is estimated by hand: accuracy is the integer golden model on the test set, cycles come from
@@ -46,6 +47,7 @@ class Point:
     fits: bool = True
     why: str = ""  # what does not fit
     pareto: bool = False
+    unrolled: bool = False  # layer 1 time-unrolled (`qpsnn.hw.unrolled_layer`)
 
     @property
     def images_per_second_per_logic(self) -> float | None:
@@ -57,7 +59,8 @@ def spec_of(net) -> str:
     return "-".join(LayerSpec(layer.kind, layer.channels, layer.pool).token() for layer in net.layers)
 
 
-def synth_resources(net, board: Board, lanes: int, offsets: int, clock_mhz: float, cache: Path | None = None) -> dict:
+def synth_resources(net, board: Board, lanes: int, offsets: int, clock_mhz: float, cache: Path | None = None,
+                    unrolled: bool = False) -> dict:
     """Logic units and DSP blocks of the whole board design (PLL, reset, UART host link, accelerator), run
     through `qpsnn build`'s own yosys step and then nextpnr's packer: the count the build reports (an iCE40
     LC holds a LUT, a flip-flop and a carry, so LUTs alone undercount by a third). Cached by the design's
@@ -65,7 +68,7 @@ def synth_resources(net, board: Board, lanes: int, offsets: int, clock_mhz: floa
     from .board_build import NAME, UTILIZATION, _steps, board_plan, clocking, tool_env
 
     pll, _, divisor = clocking(board, clock_mhz, 115200)
-    plan = board_plan(net, board, lanes, offsets, pll, divisor)
+    plan = board_plan(net, board, lanes, offsets, pll, divisor, unrolled)
     with tempfile.TemporaryDirectory() as tmp:
         plan.extract(tmp)
         steps = _steps(Path(tmp) / f"build_{NAME}.sh")[:2]
@@ -110,30 +113,33 @@ def mark_pareto(points: list[Point]) -> None:
 
 def sweep(models: list[str | Path], board: Board, lanes: list[int], offsets: list[int], clock_mhz: float,
           samples: int | None = None, synth: bool = False, cache: Path | None = None,
-          dataset: str | None = None, data_path: str | None = None, progress=None) -> list[Point]:
-    from .board_build import DSP_RESERVE, encoder_products_fit, golden_cycles, host_design
+          dataset: str | None = None, data_path: str | None = None, progress=None,
+          unrolled: bool = False) -> list[Point]:
+    """``unrolled``: every configuration also with layer 1 unrolled, for the models that allow it."""
+    from .board_build import DSP_RESERVE, can_unroll, encoder_products_fit, golden_cycles, host_design
     from .memory_plan import check_board_fits
 
-    configs = [(p, o) for p in lanes for o in offsets]
     points = []
     for path in models:
         net = modelfile.load(path)
         widest = max(layer.channels for layer in net.layers)
-        usable = [c for c in configs if c[0] < 2 * widest]  # more lanes than channels buy nothing
+        schedules = (False, True) if unrolled and can_unroll(net) else (False,)
+        # more lanes than channels buy nothing
+        usable = [(p, o, u) for p in lanes for o in offsets for u in schedules if p < 2 * widest]
         _, accuracy, n, cycles = golden_cycles(net, usable, dataset, data_path, samples)
-        for (p, o) in usable:
-            mean = float(np.mean(cycles[(p, o)]))
+        for (p, o, u) in usable:
+            mean = float(np.mean(cycles[(p, o, u)]))
             point = Point(str(path), spec_of(net), "/".join(str(layer.bits) for layer in net.layers),
                           net.timesteps, p, o, round(accuracy, 2), n, round(mean, 1), clock_mhz,
-                          round(clock_mhz * 1e6 / mean, 1))
-            design = host_design(net, board, p, o)
+                          round(clock_mhz * 1e6 / mean, 1), unrolled=u)
+            design = host_design(net, board, p, o, unrolled=u)
             try:
                 memory = check_board_fits(design, board)
                 point.bram, point.spram = memory.bram, memory.spram
             except CapacityError as exc:
                 point.fits, point.why = False, str(exc).split(";")[0]
             if synth and point.fits:
-                found = synth_resources(net, board, p, o, clock_mhz, cache)
+                found = synth_resources(net, board, p, o, clock_mhz, cache, u)
                 point.logic, point.dsp = found["logic"], found["dsp"]
                 if point.logic > board.logic:
                     point.fits, point.why = False, f"{point.logic} {board.logic_name} > {board.logic}"
@@ -177,7 +183,7 @@ def plot(points: list[Point], board: Board, out: Path) -> None:
         left.scatter([p.images_per_second for p in over], [p.accuracy for p in over], marker="x",
                      color=colours[m], s=30, zorder=2)
         for p in fit:
-            right.annotate(f"P{p.lanes}/o{p.offsets}", (cost(p), p.images_per_second), fontsize=6,
+            right.annotate(f"P{p.lanes}/o{p.offsets}{'/u' if p.unrolled else ''}", (cost(p), p.images_per_second), fontsize=6,
                            xytext=(3, -8 if p.offsets == 9 else 3), textcoords="offset points")
     front = [p for p in points if p.pareto]
     left.scatter([p.images_per_second for p in front], [p.accuracy for p in front], s=110, facecolors="none",
@@ -231,17 +237,19 @@ def cmd_sweep(args) -> int:
     def show(p):
         fit = "fits" if p.fits else f"does not fit: {p.why}"
         logic = f", {p.logic} {board.logic_name}, {p.dsp} DSP" if p.logic is not None else ""
-        print(f"  {p.model} P={p.lanes} o={p.offsets}: {p.accuracy:.2f} %, {p.cycles:,.0f} cycles, "
+        print(f"  {p.model} P={p.lanes} o={p.offsets}{' unrolled' if p.unrolled else ''}: {p.accuracy:.2f} %, "
+              f"{p.cycles:,.0f} cycles, "
               f"{p.images_per_second:,.0f} images/s, {p.bram} {board.bram_name} + {p.spram} SPRAM{logic}; {fit}",
               flush=True)
 
     points = sweep(args.models, board, args.lanes, args.offsets, clock, args.samples, args.synth,
-                   out / "synth_cache.json" if args.synth else None, progress=show)
+                   out / "synth_cache.json" if args.synth else None, progress=show, unrolled=args.unrolled)
     write(points, board, out)
     front = [p for p in points if p.pareto]
     print(f"Pareto front ({len(front)} of {len(points)} points):")
     for p in sorted(front, key=lambda p: p.images_per_second):
-        print(f"  {p.spec} T={p.timesteps} bits {p.bits} P={p.lanes} offsets {p.offsets}: {p.accuracy:.2f} %, "
+        print(f"  {p.spec} T={p.timesteps} bits {p.bits} P={p.lanes} offsets {p.offsets}"
+              f"{' unrolled' if p.unrolled else ''}: {p.accuracy:.2f} %, "
               f"{p.images_per_second:,.0f} images/s" + (f", {p.logic} {board.logic_name}" if p.logic else ""))
     print(f"wrote {out / 'sweep.json'} and {out / 'pareto.png'}")
     return 0
@@ -263,5 +271,7 @@ def register(sub) -> None:
     p.add_argument("--clock", type=opt.clock_mhz, help="MHz that images/s are computed at (default: the board's build clock)")
     p.add_argument("--samples", type=opt.samples, help="only the first N test images (default: all)")
     p.add_argument("--synth", action="store_true", help="synthesize every point that fits for its logic and DSP count")
+    p.add_argument("--unrolled", action="store_true",
+                   help="every configuration also with layer 1 unrolled (no membranes, no queues), where the model allows")
     p.add_argument("--out", type=opt.output_dir, help="folder for sweep.json and pareto.png (default runs/sweep/BOARD)")
     p.set_defaults(func=cmd_sweep)

@@ -40,7 +40,7 @@ class SimReport(Report):
     build_dir: str
     jobs: int
     per_sample: list | None = field(default=None, metadata=OPTIONAL)
-    unrolled: bool = False  # layer 1 time-unrolled (`qpsnn.hw.unrolled_layer`)
+    unrolled: bool | None = field(default=None, metadata=OPTIONAL)  # True: layer 1 time-unrolled (`--unrolled`)
 
 
 def simulate(path: str | Path, simulator: str = "verilator", samples: int | None = None, lanes: int | None = None,
@@ -104,5 +104,5 @@ def simulate(path: str | Path, simulator: str = "verilator", samples: int | None
         cycles_over_bound=round(cycles / bound, 5) if bound else None,
         events_total=sum(r["events"] for r in results), sim_seconds=round(seconds, 3),
         first_mismatches=mismatches[:10], waves=wave, build_dir=str(build), jobs=jobs,
-        per_sample=results if details else None, unrolled=unrolled,
+        per_sample=results if details else None, unrolled=True if unrolled else None,
     )

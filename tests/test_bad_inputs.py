@@ -190,6 +190,12 @@ CASES = [
     (["sim", "MODEL", "--samples", "0"], "--samples"),
     (["sim", "MODEL", "--offsets", "4"], "invalid choice"),
     (["sim", "FIFO"], "not a regular file"),
+    # postsynth
+    (["postsynth", "MODEL"], "--board"),
+    (["postsynth", "MODEL", "--board", "icebreaker", "--samples", "0"], "--samples"),
+    (["postsynth", "MODEL", "--board", "icebreaker", "--lanes", "3"], "--lanes: 3"),
+    (["postsynth", "FIFO", "--board", "icebreaker"], "not a regular file"),
+    (["postsynth", "missing.qpsnn", "--board", "icebreaker"], "no such model file"),
     (["sim", "BAD:lanes3"], "lanes must be a power of two"),
     # serve-sim
     (["serve-sim", "MODEL", "--port", "70000"], "--port"),

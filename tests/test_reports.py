@@ -47,7 +47,15 @@ def test_sim_details_add_per_sample_only_when_asked():
     assert "per_sample" not in SIM.to_json()
     data = replace(SIM, per_sample=rows).to_json()
     assert list(data) == SIM_KEYS + ["per_sample"] and json.loads(json.dumps(data))["per_sample"] == rows
-    assert [f.name for f in fields(SimReport)] == SIM_KEYS + ["per_sample"]
+    assert [f.name for f in fields(SimReport)] == SIM_KEYS + ["per_sample", "unrolled"]
+
+
+def test_sim_report_says_unrolled_only_for_an_unrolled_run():
+    from dataclasses import replace
+
+    assert "unrolled" not in SIM.to_json()
+    data = replace(SIM, unrolled=True).to_json()
+    assert list(data) == SIM_KEYS + ["unrolled"] and data["unrolled"] is True
 
 
 def test_evaluate_returns_the_report_the_cli_prints(trained_digits, capsys):

@@ -63,6 +63,22 @@ def test_points_carry_the_cycle_model_golden_accuracy_and_memory_plan(small_mode
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
 
 
+def test_sweep_adds_the_unrolled_schedule_where_the_model_allows(small_model, digits, tmp_path):
+    """``unrolled``: each configuration twice, the second with layer 1 unrolled, its cycles the cycle model's for
+    that schedule and its memories the plan of that design; a model whose layer 1 cannot unroll gets none."""
+    net, path = small_model
+    board = board_named("icebreaker")
+    points = sweep([path], board, [2], [1], 18.0, samples=6, dataset="digits", unrolled=True)
+    assert [(p.lanes, p.offsets, p.unrolled) for p in points] == [(2, 1, False), (2, 1, True)]
+    golden = run_golden(net, torch.from_numpy(np.ascontiguousarray(digits.test.images[:6])), trace=True)
+    unrolled = points[1]
+    assert unrolled.cycles == round(np.mean([t.total for t in timings_for(geometry_of(net, 2, 1, True), golden)]), 1)
+    assert unrolled.bram == check_board_fits(host_design(net, board, 2, 1, unrolled=True), board).bram
+    flat = tmp_path / "flat.qpsnn"
+    modelfile.save(fold(random_model("c4-p2-fc10", in_shape=(1, 8, 8), timesteps=2), lanes=2), flat)
+    assert [p.unrolled for p in sweep([flat], board, [2], [1], 18.0, samples=2, dataset="digits", unrolled=True)] == [False]
+
+
 def test_points_whose_encoder_products_exceed_the_dsp_blocks_do_not_fit(tmp_path):
     """Without --synth, a kernel-parallel point needing more multipliers than the ECP5 has is marked, with why."""
     path = tmp_path / "wide.qpsnn"
