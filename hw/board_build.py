@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -107,6 +108,11 @@ def _explain_failure(tool: str, log: Path) -> None:
     for line in text.splitlines():
         if "Unable to place cell" in line or "cells of type" in line and "available" in line or "not enough" in line.lower():
             raise CapacityError(f"{tool.lower()}: {line.strip()} (see {log})")
+        # the placer's way of saying the logic does not fit the part (iCE40: more LCs than the device has)
+        full = re.search(r"Failed to expand region .* of (\d+) (\w+)", line)
+        if full:
+            raise CapacityError(f"{tool.lower()}: the design needs {int(full.group(1)):,} {full.group(2)}, more than "
+                                f"the device has (see {log})")
     tail = "\n".join(text.splitlines()[-15:])
     raise QpsnnError(f"{tool.lower()} failed (log {log}):\n{tail}")
 

@@ -68,6 +68,19 @@ def test_lanes_auto_unrolls_layer_1_only_where_no_event_driven_design_fits(tiny_
     assert unrolled and lanes == 2 and "layer 1 unrolled, since event-driven" in why and "block RAMs" in why
 
 
+def test_a_design_over_the_parts_logic_is_refused_naming_the_cells(tmp_path):
+    """nextpnr's placer says a design with more LCs than the iCE40 has as "Failed to expand region": the build
+    turns it into one line with the count, as it does for block RAMs."""
+    from qpsnn.hw.board_build import _explain_failure
+
+    log = tmp_path / "step1_nextpnr_ice40.log"
+    log.write_text("Warning: net 'x' does not exist\nERROR: Failed to expand region (0, 0) |_> (25, 31) of 5603 "
+                   "ICESTORM_LCs\n1 warning, 1 error\n")
+    with pytest.raises(CapacityError, match=r"nextpnr_ice40: the design needs 5,603 ICESTORM_LCs, more than the "
+                                            r"device has"):
+        _explain_failure("NEXTPNR_ICE40", log)
+
+
 def test_memory_plan_reads_every_memory_of_the_design():
     """The plan walks the elaborated design: nine interleaved membrane banks and nine weight copies (one per
     bank) per kernel-parallel conv layer after the encoder, nine offset stores in the encoder, one region of the spike queue per timestep after the encoder."""
