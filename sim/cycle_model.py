@@ -105,26 +105,33 @@ def encode_schedule(geo: Geometry) -> EncodeSchedule:
     return _issue_schedule(lg, T, np.repeat(need, per_channel, axis=1), 0)
 
 
-def unrolled_schedule(geo: Geometry, layer: int, start: int) -> EncodeSchedule:
-    """An unrolled layer's issue cycles (nine kernel offsets per neuron, all input channels at once), run
-    from cycle ``start``: the same for every sample."""
-    lg = geo.layers[layer]
-    return _issue_schedule(lg, geo.timesteps, np.full((lg.positions, PARALLEL_OFFSETS), -1, dtype=np.int64), start)
+def unrolled_schedules(geo: Geometry, start: int) -> dict[int, EncodeSchedule]:
+    """Each unrolled layer's issue cycles (nine kernel offsets per neuron, all input channels at once), the
+    first run from cycle ``start`` (the end of ENCODE), each next one from the end of the one before: the
+    same for every sample."""
+    out = {}
+    for i, lg in enumerate(geo.layers):
+        if lg.unrolled:
+            need = np.full((lg.positions, PARALLEL_OFFSETS), -1, dtype=np.int64)
+            out[i] = _issue_schedule(lg, geo.timesteps, need, start)
+            start = out[i].end
+    return out
 
 
-def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeSchedule | None = None) -> SampleTiming:
-    """``spike_maps[l]``: bool [T, *neuron_shape] spikes of layer l for this sample (golden trace)."""
+def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeSchedule | None = None,
+                  unrolled: dict[int, EncodeSchedule] | None = None) -> SampleTiming:
+    """``spike_maps[l]``: bool [T, *neuron_shape] spikes of layer l for this sample (golden trace);
+    ``schedule`` and ``unrolled``: the sample-independent passes, when the caller has them already."""
     layers, P, T = geo.layers, geo.lanes, geo.timesteps
     schedule = schedule or encode_schedule(geo)
+    unrolled = unrolled if unrolled is not None else unrolled_schedules(geo, schedule.end)
     timing = SampleTiming(total=0, encode_last_issue=schedule.last_issue)
     cycle = schedule.end
     n_pix = input_pixels(geo)
     bound = max(n_pix, schedule.issues) if layers[0].overlaps_load else n_pix + schedule.issues
-    for i, lg in enumerate(layers):  # UNROLL(l): after ENCODE, once per sample
-        if lg.unrolled:
-            unrolled = unrolled_schedule(geo, i, cycle)
-            timing.unrolled_last_issue[i] = unrolled.last_issue
-            cycle, bound = unrolled.end, bound + unrolled.issues
+    for i, pass_ in unrolled.items():  # UNROLL(l): after ENCODE, once per sample
+        timing.unrolled_last_issue[i] = pass_.last_issue
+        cycle, bound = pass_.end, bound + pass_.issues
     events = 0
     for t in range(T):
         for i, lg in enumerate(layers[1:], start=1):
@@ -156,7 +163,8 @@ def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeS
 def timings_for(geo: Geometry, golden: GoldenResult) -> list[SampleTiming]:
     """Timing of every sample from a golden run with ``trace=True``."""
     out, schedule = [], encode_schedule(geo)
+    unrolled = unrolled_schedules(geo, schedule.end)
     for n in range(len(golden.classes)):
         maps = [tr.spikes[:, n].numpy() for tr in golden.trace]
-        out.append(sample_timing(geo, maps, schedule))
+        out.append(sample_timing(geo, maps, schedule, unrolled))
     return out

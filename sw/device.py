@@ -26,7 +26,7 @@ from . import protocol as proto
 from .errors import DeviceBusy, DeviceError, DeviceRefused, DeviceTimeout, ModelMismatchError, ProtocolVersionError, QpsnnError
 from .geometry import PARALLEL_OFFSETS, geometry_of
 from .intnet import IntNet
-from .packing import pack_words, words_per_row
+from .packing import pack_words
 from .transport import open_transport
 
 RETRYABLE = (proto.E_CRC, proto.E_TIMEOUT)
@@ -75,11 +75,11 @@ def model_words(net: IntNet, lanes: int, offsets: int = 1, unrolled: bool = Fals
     (as two's complement in the layer's membrane width). ``unrolled``: layer 1 is built time-unrolled, one
     weight store per input channel, so its rows stay in the file's order (input channel, ky, kx)."""
     out = []
-    for i, layer in enumerate(net.layers):
-        words = [int(w) for w in pack_words(hw_weight_rows(layer, 1 if unrolled and i == 1 else offsets), layer.bits, lanes)]
-        if unrolled and i == 1:  # each input channel's 9 G words padded to the store's power-of-two stride
-            used = PARALLEL_OFFSETS * words_per_row(layer.channels, lanes)
-            stride = 1 << (used - 1).bit_length()
+    geo = geometry_of(net, lanes, offsets, unrolled)
+    for i, (layer, lg) in enumerate(zip(net.layers, geo.layers)):
+        words = [int(w) for w in pack_words(hw_weight_rows(layer, 1 if lg.unrolled else offsets), layer.bits, lanes)]
+        if lg.unrolled:  # each input channel's 9 G words padded to the store's power-of-two stride
+            used, stride = PARALLEL_OFFSETS * lg.groups, lg.channel_stride
             words = [w for c in range(0, len(words), used) for w in words[c:c + used] + [0] * (stride - used)]
         out.append((i, proto.REGION_WEIGHTS, words))
         mask = (1 << layer.membrane_bits) - 1
