@@ -41,6 +41,9 @@ class Accelerator(wiring.Component):
             "cfg_data": In(self.data_bits), "cfg_rd": In(1), "cfg_rd_data": Out(self.data_bits),
             "pixels": In(stream.Signature(unsigned(8))),
             "result": Out(stream.Signature(result_layout(K, V))),
+            # the result's potentials move one class down (k + 1 to k, 0 to the last): the host link reads them
+            # one at a time at potentials[0] (`PixelFeeder`), not through a K-way multiplexer
+            "rotate_potentials": In(1),
             # T slots: the encoder reports a neuron's T timesteps from its T LIF stages; layer units use slot 0
             "trace_slots": Out(data.ArrayLayout(trace_layout(P, V), T)), "trace_cycle": Out(32),
             "init_start": In(1), "busy": Out(1),
@@ -175,6 +178,8 @@ class Accelerator(wiring.Component):
                      am.lanes_valid.eq(out.trace.lanes), am.values.eq(Cat(*values))]
         m.d.comb += [self.result.payload.label.eq(am.index), self.result.payload.cycles.eq(cycle)]
         pots = self.result.payload.potentials
+        with m.If(self.rotate_potentials):
+            m.d.sync += [pots[k].eq(pots[(k + 1) % K]) for k in range(K)]
         for k in range(K):
             with m.If(final & (out.trace.addr == k // P)):
                 m.d.sync += pots[k].eq(out.trace.v[k % P])

@@ -108,7 +108,7 @@ class CommandProcessor(wiring.Component):
                      dispatcher.position.eq(feeder.position), dispatcher.have_result.eq(feeder.have_result),
                      dispatcher.busy.eq(acc.busy), accel_reset.eq(dispatcher.accel_reset),
                      acc.init_start.eq(dispatcher.init_start), rom.restart.eq(dispatcher.body_restart),
-                     feeder.restart.eq(dispatcher.body_restart)]
+                     feeder.restart.eq(dispatcher.body_restart), acc.rotate_potentials.eq(feeder.rotate)]
         cfg = access.cfg
         m.d.comb += [acc.cfg_en.eq(cfg.en), acc.cfg_layer.eq(cfg.layer), acc.cfg_region.eq(cfg.region),
                      acc.cfg_addr.eq(cfg.addr), acc.cfg_data.eq(cfg.data), acc.cfg_rd.eq(cfg.rd),

@@ -36,8 +36,9 @@ from .records import ADDR_BITS, trace_layout
 # deliberate bugs for the benches to catch: "bank-offset": bank row 0 takes bank row 1's kernel offset;
 # "no-reset": the encoder's LIF stages forget the reset after a spike; "one-current": an unrolled layer
 # takes timestep 0's inputs for every timestep (the encoder's one current, wrongly kept); "map-no-or": its
-# spike map keeps each window's last record instead of OR-pooling the window
-FAULTS = ("bank-offset", "no-reset", "pixel-race", "one-current", "map-no-or")
+# spike map keeps each window's last record instead of OR-pooling the window; "lane-state": its LIF, stepping
+# through the lanes, takes the state of the step before (another lane's) instead of its own lane's from S steps back
+FAULTS = ("bank-offset", "no-reset", "pixel-race", "one-current", "map-no-or", "lane-state")
 
 
 def entry_of(geo: LayerGeometry) -> data.StructLayout:

@@ -77,16 +77,17 @@ def emit_neuron(m, t: int, valid, tag, lanes, v, spikes, record, spike_valid, en
                  entry.x.eq(tag.px), entry.mask.eq(mask)]
 
 
-def drain_and_done_states(m, busy, grp, groups: int, run_en, run_done):
+def drain_and_done_states(m, busy, grp, groups: int, run_en, run_done, then: str = "PARAMS"):
     """The last two states of an output-stationary pass: DRAIN waits for the pipeline, then the next group's
-    PARAMS or, after the last group, DONE, which holds ``run_done`` until the sequencer drops ``run_en``."""
+    first state (``then``) or, after the last group, DONE, which holds ``run_done`` until the sequencer drops
+    ``run_en``."""
     with m.State("DRAIN"):
         with m.If(~busy):
             with m.If(grp == groups - 1):
                 m.next = "DONE"
             with m.Else():
                 m.d.sync += grp.eq(grp + 1)
-                m.next = "PARAMS"
+                m.next = then
     with m.State("DONE"):
         m.d.comb += run_done.eq(1)
         with m.If(~run_en):

@@ -14,12 +14,15 @@ encoder, one neuron after another with its whole spike train:
           per input channel, read together), add per lane and timestep the codes of the inputs that spiked
           (sum (2q - L) = 2 sum q - L popcount), and accumulate one current per timestep; then
           LIF t = 0 .. T-1: V = sat(S + I_t); spike = V >= theta; S = sat(((spike ? 0 : V) >> leak) + bias),
-          one datapath stepping through t while the next neuron accumulates (9 issue cycles >= T apart)
+          one datapath of Q = P / S lanes taking S steps per timestep (`lif_steps`: T S <= 9, so it is done
+          before the next neuron's currents are), its thresholds and biases read from their memory a step
+          ahead, not kept in registers
 
 It costs 9 G positions cycles whatever the spikes, and no memory that grows with the neurons. Its records
-and its output spikes are the encoder's: record t of a neuron leaves the LIF datapath ``LATENCY + t`` cycles
-after the neuron's last issue, and the window's OR-pooled spikes go to region t of the next layer's queue.
-The integer semantics are the golden model's (`qpsnn.sw.golden`); only the schedule differs.
+and its output spikes are the encoder's: record t of a neuron leaves the LIF datapath ``LATENCY + (t + 1) S - 1``
+cycles after the neuron's last issue (its last step), and the window's OR-pooled spikes go to region t of
+the next layer's queue. The integer semantics are the golden model's (`qpsnn.sw.golden`); only the schedule
+differs.
 """
 from __future__ import annotations
 
@@ -29,11 +32,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .event_queue import entry_layout
-from .geometry import ENCODER_LATENCY, KERNEL, PARALLEL_OFFSETS, LayerGeometry
+from .geometry import ENCODER_LATENCY, KERNEL, PARALLEL_OFFSETS, LayerGeometry, lif_steps
 from qpsnn.sw.protocol import REGION_BIAS, REGION_THRESHOLD, REGION_WEIGHTS
 
-from .params import (Placement, cmul, drain_and_done_states, emit_neuron, load_lane_params, packed_memory,
-                     saturate, step_window_major, ubits)
+from .params import (Placement, cmul, drain_and_done_states, emit_neuron, packed_memory, saturate,
+                     step_window_major, ubits)
 from .records import ADDR_BITS, trace_layout
 
 LATENCY = ENCODER_LATENCY  # issue -> map/weight data -> code sums -> currents -> LIF step 0
@@ -130,50 +133,47 @@ class UnrolledLayer(wiring.Component):
 
         # ------------------------------------------------------------ weights, thresholds, biases
         m.submodules.weights = wts = ChannelWeights(C, g.channel_stride, P * b)
-        # a channel's threshold and bias side by side in one word: two V-bit memories of a few words would
-        # take two block RAMs each on the iCE40 (V > 16), one 2V-bit memory takes three
-        params = packed_memory(2 * V, G * P, small_in_bram=self.placement.small_in_bram)
+        # the LIF takes Q lanes per step, S steps per timestep: each word holds Q channels' threshold and bias
+        # side by side (Q = 1: two V-bit memories of a few words would take two block RAMs each on the iCE40,
+        # V > 16, one 2V-bit memory takes three), read by the step before it
+        S = lif_steps(P, T)
+        Q = P // S
+        params = packed_memory(2 * V * Q, G * S, small_in_bram=self.placement.small_in_bram)
         m.submodules.params = params
         pw_, pr = params.write_port(granularity=V), params.read_port()
+        q_bits = ubits(Q) if Q > 1 else 0
+        cfg_q = self.cfg_addr[:q_bits] if Q > 1 else 0
         m.d.comb += [wts.w_addr.eq(self.cfg_addr), wts.w_data.eq(self.cfg_data),
                      wts.w_en.eq(self.cfg_en & (self.cfg_region == REGION_WEIGHTS)), wts.rd.eq(self.cfg_rd),
                      wts.rd_addr.eq(self.cfg_addr),
-                     pw_.addr.eq(self.cfg_addr), pw_.data.eq(self.cfg_data[:V].replicate(2)),
-                     pw_.en.eq(Mux(self.cfg_en, Cat(self.cfg_region == REGION_THRESHOLD, self.cfg_region == REGION_BIAS), 0))]
-        rd_region = Signal(2)
-        m.d.sync += rd_region.eq(self.cfg_region)
+                     pw_.addr.eq(self.cfg_addr[q_bits:]), pw_.data.eq(self.cfg_data[:V].replicate(2 * Q)),
+                     pw_.en.eq(Mux(self.cfg_en, Cat(self.cfg_region == REGION_THRESHOLD,
+                                                    self.cfg_region == REGION_BIAS) << (2 * cfg_q), 0))]
+        rd_region, rd_q = Signal(2), Signal(max(1, q_bits))
+        m.d.sync += [rd_region.eq(self.cfg_region), rd_q.eq(cfg_q)]
         m.d.comb += self.cfg_rd_data.eq(Mux(rd_region == REGION_WEIGHTS, wts.rd_data,
-                                            Mux(rd_region == REGION_THRESHOLD, pr.data[:V], pr.data[V:])))
+                                            pr.data.word_select(Cat(rd_region == REGION_BIAS, rd_q) if Q > 1
+                                                                else rd_region == REGION_BIAS, V)))
 
         # ------------------------------------------------------------ issue (stage 0)
         grp = Signal(range(max(G, 2)))
         py, px = Signal(range(max(g.pooled_height, 2))), Signal(range(max(g.pooled_width, 2)))
         w = Signal(range(max(pw, 2)))
         ky, kx = Signal(2), Signal(2)
-        neuron = Signal(range(g.neuron_words + 1))
         dy, dx = (w >> 1, w & 1) if p == 2 else (Const(0, 1), Const(0, 1))
         y, x = Signal(range(max(H, 2))), Signal(range(max(W, 2)))
         m.d.comb += [y.eq(cmul(py, p) + dy), x.eq(cmul(px, p) + dx)]
         last_tap = (ky == 2) & (kx == 2)
         last_in_group = (py == g.pooled_height - 1) & (px == g.pooled_width - 1) & (w == pw - 1) & last_tap
         issuing = Signal()
-        theta = Signal(data.ArrayLayout(signed(V), P))
-        bias = Signal(data.ArrayLayout(signed(V), P))
-        param_lane = Signal(range(P + 1))
-        m.d.comb += pr.addr.eq(Mux(self.cfg_rd, self.cfg_addr, cmul(grp, P) + param_lane))
         ny, nx = (y + ky - 1)[:len(y)], (x + kx - 1)[:len(x)]
         for rp in maps:
             m.d.comb += rp.addr.eq(cmul(ny, W) + nx)
         m.d.comb += wts.r_addr.eq(cmul(cmul(ky, KERNEL) + kx, G) + grp)
 
-        tag = data.StructLayout({"addr": unsigned(ADDR_BITS), "grp": unsigned(ubits(G)), "py": unsigned(ubits(g.pooled_height)),
-                                 "px": unsigned(ubits(g.pooled_width)), "eow": 1})
         s1 = Signal(data.StructLayout({"valid": 1, "first": 1, "last": 1, "inside": 1}))
-        s1_tag, s2_tag = Signal(tag), Signal(tag)
         inside = ((y + ky >= 1) & (y + ky <= H)) & ((x + kx >= 1) & (x + kx <= W))
-        m.d.sync += [s1.valid.eq(issuing), s1.first.eq((ky == 0) & (kx == 0)), s1.last.eq(last_tap), s1.inside.eq(inside),
-                     s1_tag.addr.eq(neuron), s1_tag.grp.eq(grp), s1_tag.py.eq(py), s1_tag.px.eq(px),
-                     s1_tag.eow.eq(w == pw - 1), s2_tag.eq(s1_tag)]
+        m.d.sync += [s1.valid.eq(issuing), s1.first.eq((ky == 0) & (kx == 0)), s1.last.eq(last_tap), s1.inside.eq(inside)]
 
         # ------------------------------------------------------------ stage 1: per lane and timestep, the codes of the inputs that spiked
         sum_bits = b + (C - 1).bit_length()
@@ -196,8 +196,6 @@ class UnrolledLayer(wiring.Component):
         acc = Signal(data.ArrayLayout(data.ArrayLayout(signed(acc_bits), P), T))
         complete = Signal()
         m.d.sync += complete.eq(s2.valid & s2.last)
-        r0_tag = Signal(tag)
-        m.d.sync += r0_tag.eq(s2_tag)
         for t in range(T):
             dropped = Signal(range(C * L + 1), name=f"dropped{t}")  # L per input that spiked, once for all lanes
             m.d.comb += dropped.eq(cmul(pops[t], L))
@@ -206,45 +204,84 @@ class UnrolledLayer(wiring.Component):
                 with m.If(s2.valid):
                     m.d.sync += acc[t][j].eq(Mux(s2.first, 0, acc[t][j]) + step)
 
-        # ------------------------------------------------------------ LIF: one datapath steps through T
+        # ------------------------------------------------------------ LIF: one datapath of Q lanes, T x S steps
+        # step k = t S + s takes timestep t's current of lanes s Q .. s Q + Q - 1: step 0 straight from the
+        # accumulators on the cycle they complete, the others from a chain loaded then and shifted each step
+        # (the next neuron's accumulation overwrites the accumulators at once)
         last_lanes = g.channels - (G - 1) * P
-        cur_layout, state_layout = data.ArrayLayout(signed(V + 1), P), data.ArrayLayout(signed(V), P)
-        currents = [Signal(cur_layout, name=f"current{t}") for t in range(T)]
-        for t in range(T):  # sign-extended (or truncated: Contract 1 bounds it) to V + 1 bits
-            m.d.comb += [currents[t][j].eq(acc[t][j] << g.weight_shift) for j in range(P)]
+        acc_q = data.ArrayLayout(signed(acc_bits), Q)
+        cur_of = [Cat(*(acc[k // S][(k % S) * Q + q] for q in range(Q))) for k in range(T * S)]
+        chain = [Signal(acc_q, name=f"held_current{k}") for k in range(1, T * S)]
         busy_lif = Signal()
-        step = Signal(range(max(T, 2)))
-        held_cur = Signal(data.ArrayLayout(cur_layout, T))
-        held_state, held_tag = Signal(state_layout), Signal(tag)
-        tg, t_in = Signal(tag), Signal(range(max(T, 2)))
-        cur_in, state_in = Signal(cur_layout), Signal(state_layout)
-        held = Array(held_cur[t] for t in range(T))
-        m.d.comb += [tg.eq(Mux(complete, r0_tag.as_value(), held_tag.as_value())), t_in.eq(Mux(complete, 0, step)),
-                     cur_in.eq(Mux(complete, currents[0].as_value(), held[t_in].as_value())),
-                     state_in.eq(Mux(complete, bias.as_value(), held_state.as_value()))]
+        t_step, s_step = Signal(range(max(T, 2))), Signal(range(max(S, 2)))
+        t_in, s_in = Signal(range(max(T, 2))), Signal(range(max(S, 2)))
+        m.d.comb += [t_in.eq(Mux(complete, 0, t_step)), s_in.eq(Mux(complete, 0, s_step))]
         active = complete | busy_lif
-        with m.If(complete):
-            m.d.sync += [held_cur[t].eq(currents[t]) for t in range(T)]
-        m.d.sync += [busy_lif.eq(active & (t_in != T - 1)), step.eq(t_in + 1), held_tag.eq(tg)]
-        ok = Signal(P)
-        m.d.comb += ok.eq(Mux(tg.grp == G - 1, (1 << last_lanes) - 1, (1 << P) - 1))
-        v = [Signal(signed(V), name=f"v{j}") for j in range(P)]
-        spikes = Signal(P)
-        for j in range(P):
-            m.d.comb += [v[j].eq(saturate(state_in[j] + cur_in[j], V)), spikes[j].eq(ok[j] & (v[j] >= theta[j]))]
-            m.d.sync += held_state[j].eq(saturate((Mux(spikes[j], 0, v[j]) >> self.leak_shift) + bias[j], V))
+        neuron_done = active & (t_in == T - 1) & (s_in == S - 1)
+        m.d.sync += busy_lif.eq(active & ~neuron_done)
+        with m.If(active):
+            m.d.sync += [s_step.eq(Mux(s_in == S - 1, 0, s_in + 1)), t_step.eq(t_in + (s_in == S - 1))]
+            for k, c in enumerate(chain):
+                m.d.sync += c.eq(Mux(complete, cur_of[k + 1], chain[k + 1] if k + 1 < len(chain) else 0))
+        cur_in = Signal(acc_q)
+        m.d.comb += cur_in.eq(Mux(complete, cur_of[0], chain[0].as_value() if chain else 0))
+        # this step's thresholds and biases, read on the step before (step 0's: whenever the LIF is idle)
+        m.d.comb += pr.addr.eq(Mux(self.cfg_rd, self.cfg_addr[q_bits:],
+                                   cmul(grp, S) + Mux(active & (s_in != S - 1), s_in + 1, 0)))
+        theta = [pr.data.word_select(2 * q, V).as_signed() for q in range(Q)]
+        bias = [pr.data.word_select(2 * q + 1, V).as_signed() for q in range(Q)]
+        # a chunk's state at t - 1, S steps back: a delay line of S states, one in and one out each step
+        line = [Signal(data.ArrayLayout(signed(V), Q), name=f"state{i}") for i in range(S)]
+        lane0 = cmul(s_in, Q)
+        ok = Signal(Q)
+        m.d.comb += ok.eq(Mux(grp == G - 1, Cat(*((lane0 + q) < last_lanes for q in range(Q))), (1 << Q) - 1))
+        v = [Signal(signed(V), name=f"v{q}") for q in range(Q)]
+        spikes = Signal(Q)
+        new_state = [Signal(signed(V), name=f"next_state{q}") for q in range(Q)]
+        for q in range(Q):
+            current = Signal(signed(V + 1), name=f"current{q}")  # sign-extended (or truncated: Contract 1 bounds it)
+            m.d.comb += current.eq(cur_in[q] << g.weight_shift)
+            # "lane-state": the bug of taking the step before's state (another lane's) when S > 1
+            state = Mux(t_in == 0, bias[q], (line[-1] if self.fault == "lane-state" else line[0])[q])
+            m.d.comb += [v[q].eq(saturate(state + current, V)), spikes[q].eq(ok[q] & (v[q] >= theta[q]))]
+            m.d.comb += new_state[q].eq(saturate((Mux(spikes[q], 0, v[q]) >> self.leak_shift) + bias[q], V))
+        with m.If(active):
+            m.d.sync += [line[i].eq(line[i + 1]) for i in range(S - 1)] + [line[-1].eq(Cat(*new_state))]
+        # a record needs every lane of its timestep: the first S - 1 steps' lanes wait for the last one's
+        rec_v = [Signal(signed(V), name=f"rec_v{j}") for j in range(P - Q)]
+        rec_spikes = Signal(max(1, P - Q))
+        with m.If(active & (s_in != S - 1)):
+            for s in range(S - 1):
+                with m.If(s_in == s):
+                    m.d.sync += [rec_v[s * Q + q].eq(v[q]) for q in range(Q)]
+                    m.d.sync += rec_spikes[s * Q:(s + 1) * Q].eq(spikes)
+        all_v = rec_v + v
+        all_spikes = Cat(rec_spikes[:P - Q], spikes)
+        lanes_ok = Mux(grp == G - 1, (1 << last_lanes) - 1, (1 << P) - 1)
+
+        # the neuron the LIF works on: counters stepped as each neuron finishes, in the issue's order
+        o_addr = Signal(range(g.neuron_words + 1))
+        o_py, o_px = Signal.like(py), Signal.like(px)
+        o_w = Signal.like(w)
+        tag = data.StructLayout({"addr": unsigned(len(o_addr)), "grp": unsigned(len(grp)), "py": unsigned(len(py)),
+                                 "px": unsigned(len(px)), "eow": 1})
+        tg = Signal(tag)
+        m.d.comb += [tg.addr.eq(o_addr), tg.grp.eq(grp), tg.py.eq(o_py), tg.px.eq(o_px), tg.eow.eq(o_w == pw - 1)]
+        with m.If(neuron_done):
+            m.d.sync += o_addr.eq(o_addr + 1)
+            step_window_major(m, o_w, o_px, o_py, pw, g.pooled_width, g.pooled_height)
         for t in range(T):  # record t, and the window's OR-pooled spikes into region t of the next layer's queue
-            emit_neuron(m, t, active & (t_in == t), tg, ok, v, spikes, self.trace[t], self.spike_valid[t], self.spikes[t])
+            emit_neuron(m, t, active & (t_in == t) & (s_in == S - 1), tg, lanes_ok, all_v, all_spikes,
+                        self.trace[t], self.spike_valid[t], self.spikes[t])
         busy_pipe = Cat(s1.valid, s2.valid, complete, busy_lif).any()
 
         # ------------------------------------------------------------ sequencing (the serial encoder's)
         with m.FSM(name="unrolled"):
             with m.State("IDLE"):
-                m.d.sync += [grp.eq(0), py.eq(0), px.eq(0), w.eq(0), ky.eq(0), kx.eq(0), neuron.eq(0)]
+                m.d.sync += [grp.eq(0), py.eq(0), px.eq(0), w.eq(0), ky.eq(0), kx.eq(0), 
+                             o_addr.eq(0), o_w.eq(0), o_px.eq(0), o_py.eq(0)]
                 with m.If(self.run_en):
-                    m.next = "PARAMS"
-            with m.State("PARAMS"):  # this group's thresholds and biases, one lane per cycle (latency 1)
-                load_lane_params(m, param_lane, P, V, theta, bias, pr.data[:V], pr.data[V:], "ISSUE")
+                    m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += issuing.eq(1)
                 with m.If(kx != 2):
@@ -254,9 +291,9 @@ class UnrolledLayer(wiring.Component):
                     with m.If(ky != 2):
                         m.d.sync += ky.eq(ky + 1)
                     with m.Else():
-                        m.d.sync += [ky.eq(0), neuron.eq(neuron + 1)]
+                        m.d.sync += ky.eq(0)
                         step_window_major(m, w, px, py, pw, g.pooled_width, g.pooled_height)
                 with m.If(last_in_group):
                     m.next = "DRAIN"
-            drain_and_done_states(m, busy_pipe, grp, G, self.run_en, self.run_done)
+            drain_and_done_states(m, busy_pipe, grp, G, self.run_en, self.run_done, then="ISSUE")
         return m

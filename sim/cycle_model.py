@@ -10,9 +10,10 @@ The sequencer's timing, cycle 0 being the first counted cycle of ENCODE (the cyc
   cycle after the last group. Record t of a neuron appears ``encoder.LATENCY + t`` cycles after its last
   issue. A cycle with no pixel to take while the image is incomplete is frozen and not counted, so the count
   does not depend on the link.
-- UNROLL(l) (`qpsnn.hw.unrolled_layer`), after ENCODE: the encoder's schedule with nine issues per neuron
-  and no pixel to wait for, from the cycle the sequencer enters it; record t at ``LATENCY + t`` after a
-  neuron's last issue.
+- UNROLL(l) (`qpsnn.hw.unrolled_layer`), after ENCODE: the encoder's schedule with nine issues per neuron,
+  no pixel to wait for and no parameter cycles (its LIF reads them step by step), from the cycle the
+  sequencer enters it; its LIF takes S = `lif_steps` (P, T) steps per timestep, so T S + 3 cycles drain a
+  group, and record t appears ``LATENCY + (t + 1) S - 1`` cycles after a neuron's last issue.
 - EV(l): one update per cycle, starting one cycle in (N updates in all), the next phase starts on N + 3
   (1 if the queue is empty). An event's updates: ceil(channels / P), times its valid kernel offsets when
   the layer updates one offset per cycle.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qpsnn.hw.geometry import ENCODER_LATENCY, PARALLEL_OFFSETS, Geometry, LayerGeometry
+from qpsnn.hw.geometry import ENCODER_LATENCY, PARALLEL_OFFSETS, Geometry, LayerGeometry, lif_steps
 from qpsnn.sw.golden import GoldenResult
 
 
@@ -37,12 +38,14 @@ class SampleTiming:
     events: int = 0  # spike events processed by event-driven layers (every timestep)
     bound: int = 0
     unrolled_last_issue: dict = field(default_factory=dict)  # unrolled layer -> neuron address -> last issue
+    unrolled_steps: dict = field(default_factory=dict)  # unrolled layer -> its LIF's steps per timestep
 
     def record_cycle(self, layer: int, t: int, address: int) -> int:
         if layer == 0:
             return int(self.encode_last_issue[address]) + ENCODER_LATENCY + t
         if layer in self.unrolled_last_issue:
-            return int(self.unrolled_last_issue[layer][address]) + ENCODER_LATENCY + t
+            steps = self.unrolled_steps[layer]
+            return int(self.unrolled_last_issue[layer][address]) + ENCODER_LATENCY + (t + 1) * steps - 1
         return self.fire_start[(layer, t)] + address + 1
 
 
@@ -76,21 +79,21 @@ class EncodeSchedule:
     issues: int  # issue cycles in all (the encoder's share of the bound)
 
 
-def _issue_schedule(lg: LayerGeometry, T: int, need: np.ndarray, start: int) -> EncodeSchedule:
+def _issue_schedule(lg: LayerGeometry, steps: int, need: np.ndarray, start: int, params: int) -> EncodeSchedule:
     """An output-stationary pass (the encoder's, an unrolled layer's) that sees its run on cycle ``start``:
-    per group, P + 1 cycles of parameters, one issue per entry of ``need[position]`` (each no earlier than the
-    cycle after that raster index of the image is taken), T + 3 cycles to drain; one cycle after the last
-    group, then the sequencer moves on."""
+    per group, ``params`` cycles of parameters, one issue per entry of ``need[position]`` (each no earlier
+    than the cycle after that raster index of the image is taken), ``steps`` (its LIF's) + 3 cycles to drain;
+    one cycle after the last group, then the sequencer moves on."""
     last = np.zeros(lg.neuron_words, dtype=np.int64)
-    cycle = start + 1 + lg.lanes + 1  # IDLE, then PARAMS
+    cycle = start + 1 + params  # IDLE, then PARAMS
     for grp in range(lg.groups):
         for pos in range(lg.positions):
             for n in need[pos]:
                 cycle = max(cycle, int(n) + 1)
                 cycle += 1
             last[grp * lg.positions + pos] = cycle - 1
-        cycle += T + 3 + lg.lanes + 1  # DRAIN, then the next group's PARAMS
-    end = int(last[-1]) + T + 5  # DRAIN, DONE, then the sequencer moves on
+        cycle += steps + 3 + params  # DRAIN, then the next group's PARAMS
+    end = int(last[-1]) + steps + 5  # DRAIN, DONE, then the sequencer moves on
     return EncodeSchedule(last, end, lg.groups * lg.positions * need.shape[1])
 
 
@@ -102,7 +105,7 @@ def encode_schedule(geo: Geometry) -> EncodeSchedule:
     need = pixel_needed(lg, np.arange(lg.in_channels)[None, :], order[:, :1], order[:, 1:])  # [position, c]
     if not lg.overlaps_load:  # serial: nothing before the whole image
         need = np.full_like(need, input_pixels(geo) - 1)
-    return _issue_schedule(lg, T, np.repeat(need, per_channel, axis=1), 0)
+    return _issue_schedule(lg, T, np.repeat(need, per_channel, axis=1), 0, lg.lanes + 1)
 
 
 def unrolled_schedules(geo: Geometry, start: int) -> dict[int, EncodeSchedule]:
@@ -113,7 +116,7 @@ def unrolled_schedules(geo: Geometry, start: int) -> dict[int, EncodeSchedule]:
     for i, lg in enumerate(geo.layers):
         if lg.unrolled:
             need = np.full((lg.positions, PARALLEL_OFFSETS), -1, dtype=np.int64)
-            out[i] = _issue_schedule(lg, geo.timesteps, need, start)
+            out[i] = _issue_schedule(lg, geo.timesteps * lif_steps(lg.lanes, geo.timesteps), need, start, 0)
             start = out[i].end
     return out
 
@@ -131,6 +134,7 @@ def sample_timing(geo: Geometry, spike_maps: list[np.ndarray], schedule: EncodeS
     bound = max(n_pix, schedule.issues) if layers[0].overlaps_load else n_pix + schedule.issues
     for i, pass_ in unrolled.items():  # UNROLL(l): after ENCODE, once per sample
         timing.unrolled_last_issue[i] = pass_.last_issue
+        timing.unrolled_steps[i] = lif_steps(layers[i].lanes, T)
         cycle, bound = pass_.end, bound + pass_.issues
     events = 0
     for t in range(T):

@@ -30,6 +30,16 @@ DEFAULT_OFFSETS = PARALLEL_OFFSETS  # the simulations' default; a board build pi
 ENCODER_LATENCY = 3  # cycles from a neuron's last issue in the encoder to its record of timestep 0
 
 
+def lif_steps(lanes: int, timesteps: int) -> int:
+    """Steps per timestep of an unrolled layer's one LIF datapath, which takes lanes / steps lanes at a time:
+    as many steps as fit all T of them into a neuron's nine issue cycles, so the LIF never holds up the issue
+    and one lane's logic serves many (P = 2, T = 2: one lane, 4 steps)."""
+    steps = lanes
+    while steps > 1 and timesteps * steps > PARALLEL_OFFSETS:
+        steps //= 2
+    return steps
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 

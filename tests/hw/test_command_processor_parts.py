@@ -447,17 +447,35 @@ def test_pixel_feeder_feeds_chunks_and_returns_the_result():
         ctx.set(dut.done.ready, 0)
         log["positions"].append(ctx.get(dut.position))
         log["have_result"].append(ctx.get(dut.have_result))
-        ctx.set(dut.restart, 1)
-        await ctx.tick()
-        ctx.set(dut.restart, 0)
-        body = []
-        while len(body) < dut.result_bytes:
-            r = rng.random() < 0.5
-            ctx.set(dut.body.ready, r)
-            if r and ctx.get(dut.body.valid):
-                body.append(ctx.get(dut.body.payload))
+        held = list(potentials)  # the accelerator's potentials, rotated when the feeder says so
+
+        async def tick():  # a clock edge, as the accelerator sees it
+            if ctx.get(dut.rotate):
+                held[:] = held[1:] + held[:1]
             await ctx.tick()
-        log["body"] = bytes(body)
+            ctx.set(dut.result.payload.potentials, held)
+
+        async def body(n_bytes):
+            ctx.set(dut.restart, 1)
+            await tick()
+            ctx.set(dut.restart, 0)
+            out = []
+            while len(out) < n_bytes:
+                r = rng.random() < 0.5
+                ctx.set(dut.body.ready, r)
+                if r and ctx.get(dut.body.valid):
+                    out.append(ctx.get(dut.body.payload))
+                await tick()
+            ctx.set(dut.body.ready, 0)
+            return bytes(out)
+
+        log["body"] = await body(dut.result_bytes)
+        log["again"] = await body(dut.result_bytes)  # a RESULT: the same bytes, the potentials back in order
+        log["cut"] = await body(proto.RESULT_FIXED + 4 * 1 + 3)  # a reply cut short in the second potential
+        log["after_cut"] = await body(dut.result_bytes)
+        for _ in range(classes):
+            await tick()
+        log["held"] = list(held)
 
     simulate(dut, bench)
     assert bytes(log["pixels"]) == pixels
@@ -466,6 +484,9 @@ def test_pixel_feeder_feeds_chunks_and_returns_the_result():
     assert not log["early_done"]
     assert log["have_result"] == [0, 1]
     assert proto.decode_result(log["body"], classes) == (label, cycles, potentials)
+    assert log["again"] == log["after_cut"] == log["body"]
+    assert log["cut"] == log["body"][:len(log["cut"])]
+    assert log["held"] == potentials  # a whole body leaves them in class order for the next sample's scan
 
 
 # ------------------------------------------------------------------------------------------------- Dispatcher

@@ -115,17 +115,19 @@ def test_unrolled_layer_bit_exact(models, digits, sim_work, bits, lanes, offsets
 
 
 @needs_verilator
-@pytest.mark.parametrize("fault", ["one-current", "map-no-or"])
+@pytest.mark.parametrize("fault", ["one-current", "map-no-or", "lane-state"])
 def test_unrolled_layer_bugs_are_caught_at_the_first_record_that_differs(models, digits, sim_work, fault):
     """An unrolled layer that keeps timestep 0's current for every timestep is right at t = 0 and wrong from
     the first timestep whose inputs differ; a spike map that keeps a window's last record instead of its OR
-    feeds layer 1 wrong inputs. Either way the first wrong record is layer 1's."""
+    feeds layer 1 wrong inputs; a LIF that steps through the lanes (P = 4, T = 4: two lanes a step, two steps
+    a timestep) but takes the step before's state is right at t = 0, where every lane starts from its bias.
+    Whatever the bug, the first wrong record is layer 1's."""
     net, path = models[4]
     result = run_bench(path, net, digits.test.images[20:22], "verilator", lanes=4, work=sim_work, offsets=1,
                        fault=fault, max_mismatches=10_000, unrolled=True)
     first = _first_mismatch(result)
     assert first["layer"] == 1 and first["what"] == "membrane/spike"
-    if fault == "one-current":
+    if fault in ("one-current", "lane-state"):
         assert first["timestep"] >= 1
         assert all(m["timestep"] >= 1 for m in result.mismatches if m.get("layer") == 1)
 
