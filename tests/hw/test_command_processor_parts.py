@@ -380,6 +380,24 @@ def test_memory_access_refuses_a_read_past_the_region():
 
 # ----------------------------------------------------------------------------------------------- PixelFeeder
 
+async def read_body(ctx, dut, n_bytes: int, rng, tick=None) -> bytes:
+    """A reply body from its first byte (``restart``), ``n_bytes`` of it taken with a random ``ready``;
+    ``tick``: the clock edge, where the bench models what happens on it."""
+    tick = tick or ctx.tick
+    ctx.set(dut.restart, 1)
+    await tick()
+    ctx.set(dut.restart, 0)
+    out = []
+    while len(out) < n_bytes:
+        r = rng.random() < 0.5
+        ctx.set(dut.body.ready, r)
+        if r and ctx.get(dut.body.valid):
+            out.append(ctx.get(dut.body.payload))
+        await tick()
+    ctx.set(dut.body.ready, 0)
+    return bytes(out)
+
+
 def test_pixel_feeder_feeds_chunks_and_returns_the_result():
     n_pixels, classes, value_bits = 10, 3, 12
     dut = PixelFeeder(n_pixels, classes, value_bits)
@@ -456,18 +474,7 @@ def test_pixel_feeder_feeds_chunks_and_returns_the_result():
             ctx.set(dut.result.payload.potentials, held)
 
         async def body(n_bytes):
-            ctx.set(dut.restart, 1)
-            await tick()
-            ctx.set(dut.restart, 0)
-            out = []
-            while len(out) < n_bytes:
-                r = rng.random() < 0.5
-                ctx.set(dut.body.ready, r)
-                if r and ctx.get(dut.body.valid):
-                    out.append(ctx.get(dut.body.payload))
-                await tick()
-            ctx.set(dut.body.ready, 0)
-            return bytes(out)
+            return await read_body(ctx, dut, n_bytes, rng, tick)
 
         log["body"] = await body(dut.result_bytes)
         log["again"] = await body(dut.result_bytes)  # a RESULT: the same bytes, the potentials back in order
@@ -659,18 +666,7 @@ def test_identify_rom_restarts_at_the_first_byte():
     runs = []
 
     async def read(ctx, n):
-        ctx.set(dut.restart, 1)
-        await ctx.tick()
-        ctx.set(dut.restart, 0)
-        got = []
-        while len(got) < n:
-            r = rng.random() < 0.5
-            ctx.set(dut.body.ready, r)
-            if r and ctx.get(dut.body.valid):
-                got.append(ctx.get(dut.body.payload))
-            await ctx.tick()
-        ctx.set(dut.body.ready, 0)
-        runs.append(bytes(got))
+        runs.append(await read_body(ctx, dut, n, rng))
 
     async def bench(ctx):
         await read(ctx, 7)
