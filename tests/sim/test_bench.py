@@ -132,6 +132,17 @@ def test_unrolled_layer_bugs_are_caught_at_the_first_record_that_differs(models,
         assert all(m["timestep"] >= 1 for m in result.mismatches if m.get("layer") == 1)
 
 
+def test_the_unrolled_lif_steps_as_few_lanes_at_a_time_as_fit_a_neurons_nine_issue_cycles():
+    from qpsnn.hw.geometry import PARALLEL_OFFSETS, lif_steps
+
+    for lanes in (1, 2, 4, 8, 16, 32):
+        for T in range(1, PARALLEL_OFFSETS + 1):
+            steps = lif_steps(lanes, T)
+            assert lanes % steps == 0 and T * steps <= PARALLEL_OFFSETS  # done before the next neuron's currents
+            assert steps == lanes or T * steps * 2 > PARALLEL_OFFSETS  # and no more lanes a step than that needs
+    assert (lif_steps(2, 2), lif_steps(4, 4), lif_steps(16, 9)) == (2, 2, 1)
+
+
 def test_unrolled_layer_1_must_be_a_hidden_convolution(tiny_net):
     from qpsnn.sw.fold import fold
     from conftest import random_model
