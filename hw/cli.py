@@ -77,7 +77,7 @@ def register(sub) -> None:
     p.add_argument("--unrolled", action="store_true",
                    help="run layer 1 (a hidden conv layer) time-unrolled and dense: no membranes, no spike queues "
                         "(what fits MNIST on the iCEBreaker)")
-    p.add_argument("--clock", type=opt.clock_mhz, help="MHz from the PLL (default: 18 iCEBreaker, 40 ULX3S)")
+    p.add_argument("--clock", type=opt.clock_mhz, help="MHz from the PLL (default: 16 iCEBreaker, 30 ULX3S: what their kept builds meet)")
     p.add_argument("--baud", type=opt.baud, default=115200)
     p.add_argument("--out", type=opt.output_dir, help="folder for the bitstream and report.json (default bitstreams/BOARD)")
     p.add_argument("--check", action="store_true", help="verify bitstreams/manifest.json against the files")
