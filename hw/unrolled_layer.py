@@ -278,7 +278,7 @@ class UnrolledLayer(wiring.Component):
         # ------------------------------------------------------------ sequencing (the serial encoder's)
         with m.FSM(name="unrolled"):
             with m.State("IDLE"):
-                m.d.sync += [grp.eq(0), py.eq(0), px.eq(0), w.eq(0), ky.eq(0), kx.eq(0), 
+                m.d.sync += [grp.eq(0), py.eq(0), px.eq(0), w.eq(0), ky.eq(0), kx.eq(0),
                              o_addr.eq(0), o_w.eq(0), o_px.eq(0), o_py.eq(0)]
                 with m.If(self.run_en):
                     m.next = "ISSUE"
