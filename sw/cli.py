@@ -92,9 +92,12 @@ def _train_and_export(cfg, out: Path, resume: bool, quiet: bool = False, device:
 
     runtime = Runtime.start(device, bf16)  # a device that is not there is refused before anything loads
     try:
-        return _train_on(runtime, cfg, out, resume, quiet)
-    finally:
-        runtime.stop()
+        result = _train_on(runtime, cfg, out, resume, quiet)
+    except BaseException:
+        runtime.stop(together=False)
+        raise
+    runtime.stop()
+    return result
 
 
 def _train_on(runtime, cfg, out: Path, resume: bool, quiet: bool) -> dict | None:

@@ -12,15 +12,21 @@ same order as one process), gradients are averaged by `DistributedDataParallel`,
 """
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from .errors import QpsnnError
 from .options import DEVICE_PATTERN
+
+# How long a rank waits in a collective: the others wait in `Runtime.stop` while rank 0 exports and evaluates,
+# which on a big test set outlasts the 30-minute default.
+GROUP_TIMEOUT = timedelta(hours=4)
 
 
 def resolve_device(text: str, local_rank: int = 0) -> torch.device:
@@ -75,12 +81,24 @@ class Runtime:
             torch.cuda.set_device(rt.device)
         if rt.distributed and not dist.is_initialized():
             backend = "nccl" if rt.cuda else "gloo"
-            dist.init_process_group(backend, rank=rank, world_size=world,
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=GROUP_TIMEOUT,
                                     device_id=rt.device if rt.cuda else None)
         return rt
 
-    def stop(self) -> None:
+    def stop(self, together: bool = True) -> None:
+        """Leave the process group. ``together``: every rank waits here until rank 0 has exported and
+        evaluated, with the DDP wrappers freed first. A rank that tore its Gloo group down alone while rank 0
+        still held its own could abort in Gloo's C++ threads at exit (seen once in CI as SIGABRT, "terminate
+        called without an active exception"). After an error the others may be inside a collective, so a
+        failing rank leaves alone and torchrun stops the rest."""
         if self.distributed and dist.is_initialized():
+            gc.collect()  # a DDP reducer still holding the group would outlive destroy_process_group
+            if together:
+                try:
+                    dist.barrier()
+                except RuntimeError:  # rank 0 failed after training and has left; it reports why
+                    if self.is_main:
+                        raise
             dist.destroy_process_group()
 
     def autocast(self):

@@ -85,3 +85,15 @@ def test_a_killed_run_resumes_to_the_same_model(ddp_run, tmp_path):
     assert "resuming qat after epoch" in resumed.stderr
     assert metrics["world_size"] == 2 and not ckpt.exists()
     assert _weights(out) == _weights(reference)  # the same integer model as the uninterrupted run
+
+
+def test_a_rank_0_error_after_training_is_the_one_line_the_run_ends_with(tmp_path):
+    """The other ranks wait for rank 0 in `Runtime.stop`; when rank 0 fails after training they leave quietly
+    and its one-line error is all that is said (no Gloo 'connection closed' from the rank that waited)."""
+    short = {"--epochs": "1", "--finetune-epochs": "0", "--prune": "0", "--quant": "float"}
+    args = _torchrun("--out", str(tmp_path / "f.qpsnn"), *[x for kv in short.items() for x in kv])
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)  # the last --epochs wins
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("qpsnn:")]
+    assert len(errors) == 1 and "a float model has no integer export" in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "f.qpsnn").exists()
