@@ -22,8 +22,9 @@ from qpsnn.sw.evaluate import dataset_for
 from qpsnn.sw.golden import run_golden
 from qpsnn.sw.progress import Reporter
 
-from .boards import Board, board_named
+from .boards import LUT_RAM, Board, board_named
 from .geometry import CapacityError, geometry_of
+from .lut_ram import KEEP_COPIES
 from .memory_plan import check_board_fits
 
 # what amaranth's build scripts call, mapped to the YoWASP tools (openFPGALoader is only needed to program,
@@ -232,9 +233,9 @@ def board_plan(net, board: Board, lanes: int, offsets: int, pll, divisor: int, u
     top = BoardTop(board, host_design(net, board, lanes, offsets, divisor, unrolled), pll)
     flow = board.flow(offsets)
     synth_opts = os.environ.get("QPSNN_SYNTH_OPTS", flow.synth_opts)  # escape hatches for yosys's own bugs
-    overrides = {}
+    overrides = {"script_after_read": KEEP_COPIES} if flow.membranes == LUT_RAM else {}
     if os.environ.get("QPSNN_LUT_MAPPER", flow.lut_mapper) == "abc":
-        overrides = {"synth_opts": f"{synth_opts} -run :map_luts",
+        overrides |= {"synth_opts": f"{synth_opts} -run :map_luts",
                      "script_after_synth": f"{ABC_LUT_MAP}; synth_{board.family} {synth_opts} -top {NAME} -run map_cells:"}
     return board.platform().build(top, name=NAME, do_build=False, **{"synth_opts": synth_opts, **overrides},
                                   nextpnr_opts=f"--report {NAME}.report.json --timing-allow-fail {flow.nextpnr_opts}")

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from qpsnn.sw.errors import QpsnnError
 
 
+LUT_RAM = "distributed"  # the ram_style of LUT RAM (ECP5): reads can be asynchronous, so `LutRamBank` works
+
+
 @dataclass(frozen=True)
 class Flow:
     """How yosys and nextpnr run for one kind of design on a board. ``lut_mapper`` "abc" maps LUTs with abc
@@ -80,7 +83,7 @@ BOARDS = {
                        # kernel-parallel: the flow that routes it (docs/DESIGN.md, "Boards"): the nine membrane banks
                        # in LUT RAM beside their adders instead of 72 block RAMs, nextpnr's static placer (neither
                        # alone did), abc for the LUTs (abc9 trips yosys 0.70's assertion on this design)
-                       kernel_parallel=Flow("", "--router router2 --placer static", "abc", "distributed"),
+                       kernel_parallel=Flow("", "--router router2 --placer static", "abc", LUT_RAM),
                        pnr_device=("--85k", "--package", "CABGA381", "--speed", "6")),
 }
 

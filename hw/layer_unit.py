@@ -19,6 +19,8 @@ instead, ready for the next sample; an ``init`` scan does only that, without tra
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
@@ -29,7 +31,9 @@ from qpsnn.sw.protocol import REGION_WEIGHTS
 from .event_queue import EventQueue, entry_layout
 from .geometry import KERNEL, LayerGeometry
 from .interleave import neighbour_in_bank, split
+from .boards import LUT_RAM
 from .kernel_weights import BankWeights, KernelWeights
+from .lut_ram import LutRamBank
 from .params import LaneParams, Placement, cmul, packed_memory, saturate, ubits
 from .records import ADDR_BITS, trace_layout
 
@@ -37,8 +41,9 @@ from .records import ADDR_BITS, trace_layout
 # "no-reset": the encoder's LIF stages forget the reset after a spike; "one-current": an unrolled layer
 # takes timestep 0's inputs for every timestep (the encoder's one current, wrongly kept); "map-no-or": its
 # spike map keeps each window's last record instead of OR-pooling the window; "lane-state": its LIF, stepping
-# through the lanes, takes the state of the step before (another lane's) instead of its own lane's from S steps back
-FAULTS = ("bank-offset", "no-reset", "pixel-race", "one-current", "map-no-or", "lane-state")
+# through the lanes, takes the state of the step before (another lane's) instead of its own lane's from S steps back;
+# "chunk-late": a LUT RAM bank's second chunk of lanes reads with its address copy a cycle late
+FAULTS = ("bank-offset", "no-reset", "pixel-race", "one-current", "map-no-or", "lane-state", "chunk-late")
 
 
 def entry_of(geo: LayerGeometry) -> data.StructLayout:
@@ -87,10 +92,18 @@ class LayerUnit(wiring.Component):
             m.submodules.weights = wts = KernelWeights(g.weight_rows * G, P * b, 1, self.placement.weights_in_spram)
         m.submodules.params = params = LaneParams(P, V, G, g.fires, small_in_bram=self.placement.small_in_bram)
         banks = []
+        # LUT RAM banks register their read address per few lanes (`LutRamBank`); their reads see the write of
+        # the cycle before, as a transparent port does, so the fault without forwarding keeps a plain memory
+        lut_ram = banked and self.placement.membranes == LUT_RAM and self.forwarding
         for k in range(g.banks):
+            name = f"membrane{k}" if g.banks > 1 else "membrane"
+            if lut_ram:
+                m.submodules[name] = bank = LutRamBank(P, V, g.bank_words, self.fault)
+                banks.append((_Port(bank.r_addr, bank.r_data), _Port(bank.w_addr, bank.w_data, bank.w_en)))
+                continue
             mem = packed_memory(P * V, g.bank_words, small_in_bram=self.placement.small_in_bram,
                                 style=self.placement.membranes if banked else None)
-            m.submodules[f"membrane{k}" if g.banks > 1 else "membrane"] = mem
+            m.submodules[name] = mem
             wp = mem.write_port()
             rp = mem.read_port(transparent_for=(wp,) if self.forwarding else ())
             banks.append((rp, wp))
@@ -286,6 +299,14 @@ class LayerUnit(wiring.Component):
         m.d.comb += [self.ev_done.eq(self.ev_en & ~active & ~s1_ev & ~queue.ev_valid),
                      self.fire_done.eq(self.fire_en & scan_done & ~s1_fire)]
         return m
+
+
+@dataclass(frozen=True)
+class _Port:
+    """A `LutRamBank`'s read or write side under the names of a memory port's, so one datapath serves both."""
+    addr: Signal
+    data: Signal
+    en: Signal | None = None
 
 
 def _window_major(g: LayerGeometry, group, y, x):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .boards import Board
+from .boards import LUT_RAM, Board
 from .geometry import CapacityError
 
 # (depth, width) configurations of one block
@@ -25,7 +25,7 @@ SMALL_MEMORY_BITS = 256  # kept in flip-flops: a block RAM for a handful of bits
 SHALLOW_WORDS = 4  # a memory this shallow stays in flip-flops whatever its width (a wide one would take many blocks)
 
 
-LOGIC_STYLES = ("logic", "distributed")  # flip-flops, LUT RAM: no block either way
+LOGIC_STYLES = ("logic", LUT_RAM)  # flip-flops, LUT RAM: no block either way
 
 
 def in_logic(width: int, depth: int) -> bool:

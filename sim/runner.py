@@ -34,8 +34,13 @@ def generate_verilog(net: IntNet, lanes: int, forwarding: bool = True, offsets: 
     from amaranth.back import verilog
 
     from qpsnn.hw.accelerator import Accelerator
+    from qpsnn.hw.boards import LUT_RAM
+    from qpsnn.hw.params import Placement
 
-    return verilog.convert(Accelerator.for_model(net, lanes, offsets, unrolled, forwarding=forwarding, fault=fault), name=TOP)
+    # kernel-parallel membranes in LUT RAM, as the one board that builds them (ULX3S) places them
+    placement = Placement(membranes=LUT_RAM) if offsets > 1 else Placement()
+    return verilog.convert(Accelerator.for_model(net, lanes, offsets, unrolled, forwarding=forwarding, fault=fault,
+                                                 placement=placement), name=TOP)
 
 
 def build_design(source: str, top: str, simulator: str, waves: bool = False, work: str | Path | None = None,

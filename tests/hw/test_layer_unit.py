@@ -5,7 +5,9 @@ import pytest
 from amaranth.sim import Simulator
 
 from qpsnn.hw.geometry import LayerGeometry
+from qpsnn.hw.boards import LUT_RAM
 from qpsnn.hw.layer_unit import LayerUnit
+from qpsnn.hw.params import Placement
 from qpsnn.sw.packing import pack_words
 
 
@@ -21,11 +23,12 @@ def conv_geometry(channels, in_channels, size, lanes, pool=2, bits=2, shift=0, v
                          membrane_bits=vbits, weight_rows=in_channels * 9, first=False, offsets=offsets)
 
 
-def simulate_layer(geo, in_geo, codes_rows, threshold, bias, entries, forwarding=True, last_t=0, leak=1, fault=None):
+def simulate_layer(geo, in_geo, codes_rows, threshold, bias, entries, forwarding=True, last_t=0, leak=1, fault=None,
+                   placement=Placement()):
     """Configure, init, push queue entries, run the event phase, then one fire scan; return trace and spikes.
     ``codes_rows``: rows as the file has them (input channel, ky, kx); stored the way ``geo`` reads them."""
     dut = LayerUnit(geo, leak, in_geo, data_bits=max(geo.word_bits, geo.membrane_bits), timesteps=1,
-                    forwarding=forwarding, fault=fault)
+                    forwarding=forwarding, fault=fault, placement=placement)
     if geo.weight_memories > 1:  # offset-major, as `qpsnn.sw.device.hw_weight_rows` sends them
         c_in = codes_rows.shape[0] // 9
         codes_rows = codes_rows.reshape(c_in, 9, -1).transpose(1, 0, 2).reshape(9 * c_in, -1)
@@ -163,13 +166,18 @@ def _random_conv_case(seed=7, lanes=4, channels=6, in_channels=3, size=6):
     return codes, bias, entries, events
 
 
-@pytest.mark.parametrize("offsets", [1, 9])
-def test_conv_events_match_the_scalar_reference(offsets):
-    """Border events, every kernel offset, back-to-back events at one position; 9 offsets per cycle or one."""
+LUT_RAM_BANKS = Placement(membranes=LUT_RAM)  # the ULX3S kernel-parallel build's: `LutRamBank`s
+
+
+@pytest.mark.parametrize("offsets, lanes, placement", [(1, 4, Placement()), (9, 4, Placement()),
+                                                       (9, 4, LUT_RAM_BANKS), (9, 8, LUT_RAM_BANKS)])
+def test_conv_events_match_the_scalar_reference(offsets, lanes, placement):
+    """Border events, every kernel offset, back-to-back events at one position; 9 offsets per cycle or one;
+    banks as memories or as LUT RAM chunks of 4 lanes (P=8: two chunks, two address copies per bank)."""
     codes, bias, entries, events = _random_conv_case()
-    geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=4, pool=2, offsets=offsets)
-    in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=4, pool=1)
-    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries)
+    geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=lanes, pool=2, offsets=offsets)
+    in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=lanes, pool=1)
+    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, placement=placement)
     want = _scalar_reference(codes, 2, bias, events, 6, 6)
     assert len(trace) == 6 * 36
     for (o, y, x), v, _ in trace:
@@ -187,7 +195,21 @@ def test_wrong_offset_to_bank_mapping_is_caught():
     assert wrong and all(idx[1] % 3 == 0 for idx, _ in wrong)  # only outputs in bank row 0 go wrong
 
 
-def test_interleaved_bank_hazard_needs_forwarding():
+def test_a_late_address_copy_is_caught_in_its_lanes():
+    """A deliberate bug (the second LUT RAM chunk's address copy a cycle late) changes the membranes of that
+    chunk's lanes (channels 4 and 5 at P=8) and of no other."""
+    codes, bias, entries, events = _random_conv_case()
+    geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=8, pool=2, offsets=9)
+    in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=8, pool=1)
+    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, fault="chunk-late",
+                              placement=LUT_RAM_BANKS)
+    want = _scalar_reference(codes, 2, bias, events, 6, 6)
+    wrong = {idx[0] for idx, v, _ in trace if v != want[idx]}
+    assert wrong == {4, 5}
+
+
+@pytest.mark.parametrize("placement", [Placement(), LUT_RAM_BANKS])
+def test_interleaved_bank_hazard_needs_forwarding(placement):
     """With all six channels in one group (P=8), the events of one queue entry (same position, consecutive input
     channels) update the same bank words on consecutive cycles: with forwarding (each bank's read port
     transparent for its write port) the scalar reference's membranes, without it updates are lost."""
@@ -196,6 +218,7 @@ def test_interleaved_bank_hazard_needs_forwarding():
     in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=8, pool=1)
     want = _scalar_reference(codes, 2, bias, events, 6, 6)
     for forwarding in (True, False):
-        trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, forwarding=forwarding)
+        trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, forwarding=forwarding,
+                                  placement=placement)
         assert len(trace) == 6 * 36
         assert all(v == want[idx] for idx, v, _ in trace) == forwarding

@@ -84,11 +84,12 @@ def test_broken_design_is_caught_with_a_report(models, digits, sim_work):
 
 
 @needs_verilator
-@pytest.mark.parametrize("fault, layer", [("bank-offset", 1), ("no-reset", 0), ("pixel-race", 0)])
+@pytest.mark.parametrize("fault, layer", [("bank-offset", 1), ("no-reset", 0), ("pixel-race", 0), ("chunk-late", 1)])
 def test_deliberate_bugs_are_caught_at_the_first_record_that_differs(models, digits, sim_work, fault, layer):
     """A wrong offset-to-bank mapping in the interleaved layer, LIF stages that forget the reset in the
-    encoder's spike trains, and an encoder that issues a neuron before its window's pixels are in: the bench
-    names the layer, timestep and neuron of the first wrong record."""
+    encoder's spike trains, an encoder that issues a neuron before its window's pixels are in, and a LUT RAM
+    bank whose second chunk of lanes reads a cycle late: the bench names the layer, timestep and neuron of the
+    first wrong record."""
     net, path = models[4]
     result = run_bench(path, net, digits.test.images[20:22], "verilator", lanes=8, work=sim_work, offsets=9,
                        fault=fault, max_mismatches=10_000)
@@ -101,6 +102,8 @@ def test_deliberate_bugs_are_caught_at_the_first_record_that_differs(models, dig
         assert first["what"] == "membrane/spike"
     if fault == "no-reset":
         assert first["timestep"] >= 1  # a spike train is right until its first spike
+    if fault == "chunk-late":  # lanes 4-7 of the P=8 word are the second chunk's
+        assert all(m["neuron"][0] % 8 >= 4 for m in result.mismatches if m["what"] == "membrane/spike" and m["layer"] == 1)
 
 
 @needs_verilator
