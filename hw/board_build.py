@@ -24,8 +24,8 @@ from qpsnn.sw.progress import Reporter
 
 from .boards import LUT_RAM, Board, board_named
 from .geometry import CapacityError, geometry_of
-from .lut_ram import KEEP_COPIES
 from .memory_plan import check_board_fits
+from .params import KEEP_COPIES
 
 # what amaranth's build scripts call, mapped to the YoWASP tools (openFPGALoader is only needed to program,
 # but amaranth-boards asks for it to be set)

@@ -34,7 +34,7 @@ from .interleave import neighbour_in_bank, split
 from .boards import LUT_RAM
 from .kernel_weights import BankWeights, KernelWeights
 from .lut_ram import LutRamBank
-from .params import LaneParams, Placement, cmul, packed_memory, saturate, ubits
+from .params import FANOUT_COPY, LaneParams, Placement, cmul, packed_memory, saturate, ubits
 from .records import ADDR_BITS, trace_layout
 
 # deliberate bugs for the benches to catch: "bank-offset": bank row 0 takes bank row 1's kernel offset;
@@ -42,8 +42,10 @@ from .records import ADDR_BITS, trace_layout
 # takes timestep 0's inputs for every timestep (the encoder's one current, wrongly kept); "map-no-or": its
 # spike map keeps each window's last record instead of OR-pooling the window; "lane-state": its LIF, stepping
 # through the lanes, takes the state of the step before (another lane's) instead of its own lane's from S steps back;
-# "chunk-late": a LUT RAM bank's second chunk of lanes reads with its address copy a cycle late
-FAULTS = ("bank-offset", "no-reset", "pixel-race", "one-current", "map-no-or", "lane-state", "chunk-late")
+# "chunk-late": a LUT RAM bank's second chunk of lanes reads with its address copy a cycle late; "bank-copy-late":
+# lane 1's copy of the fire scan's bank select is a cycle late
+FAULTS = ("bank-offset", "no-reset", "pixel-race", "one-current", "map-no-or", "lane-state", "chunk-late",
+          "bank-copy-late")
 
 
 def entry_of(geo: LayerGeometry) -> data.StructLayout:
@@ -260,7 +262,18 @@ class LayerUnit(wiring.Component):
                 m.d.comb += [wp.addr.eq(s1_ev_addr[k]), wp.data.eq(Cat(*lanes)), wp.en.eq(1)]
 
         # ---------------------------------------------------------------- stage 1: fire
-        current = Array(rp.data for rp, _ in banks)[s1_bank] if g.banks > 1 else banks[0][0].data
+        if g.banks > 1:
+            # the bank select copied per lane: one register driving all P lanes' nine-way bank multiplexers was
+            # the ULX3S build's critical path once the read addresses were copied (13 of 42 ns routing)
+            bank_of = [Signal.like(scan_bank, name=f"{FANOUT_COPY}_bank{j}", reset_less=True) for j in range(P)]
+            m.d.sync += [copy.eq(scan_bank) for copy in bank_of]
+            if self.fault == "bank-copy-late":  # deliberate bug: lane 1's copy a cycle behind
+                late = Signal.like(scan_bank, name="late")
+                m.d.sync += late.eq(bank_of[1])
+                bank_of[1] = late
+            current = Cat(*(Array(rp.data.word_select(j, V) for rp, _ in banks)[bank_of[j]] for j in range(P)))
+        else:
+            current = banks[0][0].data
         spikes = Signal(P)
         lanes_ok = Signal(P)
         m.d.comb += lanes_ok.eq(lanes_of(s1_grp))

@@ -3,8 +3,8 @@
 A synchronous read port on LUT RAM is an address register in front of an asynchronous read. With one
 register per bank, that register drives every LUT RAM cell of a 272-bit word: on the ULX3S kernel-parallel
 MNIST build it was the critical path (14.3 of 45 ns were routing from it). Here the word is split into
-chunks of `CHUNK_LANES` lanes, each chunk its own memory with its own copy of the address register. The
-copies carry a name the ECP5 flow marks ``keep`` (`KEEP_COPIES`), or yosys would merge them back into one.
+chunks of `CHUNK_LANES` lanes, each chunk its own memory with its own copy of the address register, named
+as `params.FANOUT_COPY` says so that yosys does not merge the copies back into one.
 
 Timing is that of a read port transparent for the write port: the address registered on cycle n selects
 the data on cycle n+1, after cycle n's write has landed.
@@ -16,13 +16,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .boards import LUT_RAM
-from .params import packed_memory, ubits
+from .params import FANOUT_COPY, packed_memory, ubits
 
 CHUNK_LANES = 4  # 4 lanes x 17 bits = 17 LUT RAM cells of 4 bits, no bit wasted, one register per 34 cells
-ADDR_COPY = "addr_copy"  # the name of each chunk's address register: the flow keeps every copy
-
-# yosys command (`board_build.board_plan`) that marks each copy's flip-flop keep, so opt_merge leaves them apart
-KEEP_COPIES = f"setattr -set keep 1 w:*{ADDR_COPY}* %ci:+$dff[Q] c:* %i"
 
 
 class LutRamBank(wiring.Component):
@@ -44,7 +40,7 @@ class LutRamBank(wiring.Component):
             mem = packed_memory(lanes * V, self.depth, style=LUT_RAM)
             m.submodules[f"chunk{c}"] = mem
             wp, rp = mem.write_port(), mem.read_port(domain="comb")
-            addr = Signal(ubits(self.depth), name=f"{ADDR_COPY}{c}", reset_less=True)
+            addr = Signal(ubits(self.depth), name=f"{FANOUT_COPY}_addr{c}", reset_less=True)
             m.d.sync += addr.eq(self.r_addr)
             if self.fault == "chunk-late" and c == 1:  # deliberate bug: this chunk's copy a cycle behind
                 late = Signal.like(addr, name="late")

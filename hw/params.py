@@ -15,6 +15,12 @@ from .memory_plan import SHALLOW_WORDS, in_logic
 from .records import ADDR_BITS
 
 
+# A register copied to split its fanout carries this in its name; `KEEP_COPIES`, run by the ECP5 kernel-parallel
+# flow after reading the design, marks each copy's flip-flop keep so that yosys's opt_merge leaves them apart.
+FANOUT_COPY = "fanout_copy"
+KEEP_COPIES = f"setattr -set keep 1 w:*{FANOUT_COPY}* %ci:+$dff[Q] c:* %i"
+
+
 def ubits(n: int) -> int:
     """Bits of an unsigned index below n (at least 1)."""
     return max(1, (max(n, 1) - 1).bit_length())

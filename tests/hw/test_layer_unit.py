@@ -195,17 +195,18 @@ def test_wrong_offset_to_bank_mapping_is_caught():
     assert wrong and all(idx[1] % 3 == 0 for idx, _ in wrong)  # only outputs in bank row 0 go wrong
 
 
-def test_a_late_address_copy_is_caught_in_its_lanes():
-    """A deliberate bug (the second LUT RAM chunk's address copy a cycle late) changes the membranes of that
-    chunk's lanes (channels 4 and 5 at P=8) and of no other."""
+@pytest.mark.parametrize("fault, channels", [("chunk-late", {4, 5}), ("bank-copy-late", {1})])
+def test_a_late_register_copy_is_caught_in_its_lanes(fault, channels):
+    """Deliberate bugs in the registers copied to split fanout: the second LUT RAM chunk's address copy a cycle
+    late changes the membranes of that chunk's lanes (channels 4 and 5 at P=8), lane 1's copy of the fire
+    scan's bank select a cycle late changes channel 1's; no other channel changes."""
     codes, bias, entries, events = _random_conv_case()
     geo = conv_geometry(channels=6, in_channels=3, size=6, lanes=8, pool=2, offsets=9)
     in_geo = conv_geometry(channels=3, in_channels=1, size=6, lanes=8, pool=1)
-    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, fault="chunk-late",
-                              placement=LUT_RAM_BANKS)
+    trace, _ = simulate_layer(geo, in_geo, codes, [1000] * 6, bias, entries, fault=fault, placement=LUT_RAM_BANKS)
     want = _scalar_reference(codes, 2, bias, events, 6, 6)
     wrong = {idx[0] for idx, v, _ in trace if v != want[idx]}
-    assert wrong == {4, 5}
+    assert wrong == channels
 
 
 @pytest.mark.parametrize("placement", [Placement(), LUT_RAM_BANKS])
