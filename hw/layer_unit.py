@@ -10,7 +10,9 @@ brings each offset to that bank (`BankWeights`), so the bank-to-offset rotation 
 not by a nine-way multiplexer. Two updates in a row to the same
 word are a read-after-write hazard: each bank's read port is transparent for its write port
 (``forwarding=True``). ``forwarding=False`` and the ``fault`` names exist only to show that the testbench
-catches the hazard and a wrong offset-to-bank mapping.
+catches the hazard and a wrong offset-to-bank mapping. Where the banks are LUT RAM (the ECP5), each is a
+`LutRamBank`, and the fire scan's bank select is registered once per lane: both split a fanout that set the
+clock.
 
 Fire scan: cycle n reads neuron n (window-major address; with banks, its bank and word); cycle n+1
 compares with the threshold, resets, leaks, adds the bias, writes back, reports the trace and emits the
@@ -28,10 +30,10 @@ from amaranth.lib.wiring import In, Out
 
 from qpsnn.sw.protocol import REGION_WEIGHTS
 
+from .boards import LUT_RAM
 from .event_queue import EventQueue, entry_layout
 from .geometry import KERNEL, LayerGeometry
 from .interleave import neighbour_in_bank, split
-from .boards import LUT_RAM
 from .kernel_weights import BankWeights, KernelWeights
 from .lut_ram import LutRamBank
 from .params import FANOUT_COPY, LaneParams, Placement, cmul, packed_memory, saturate, ubits
