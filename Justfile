@@ -67,7 +67,7 @@ bitstreams:
     qpsnn build bitstreams/icebreaker/mnist5k/model.qpsnn --board icebreaker --lanes 2 --offsets 1 --unrolled --clock 16 --out bitstreams/icebreaker/mnist5k
     qpsnn build bitstreams/ulx3s-85f/digits/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 35 --out bitstreams/ulx3s-85f/digits
     qpsnn build bitstreams/ulx3s-85f/mnist5k/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 1 --clock 30 --out bitstreams/ulx3s-85f/mnist5k
-    qpsnn build bitstreams/ulx3s-85f/mnist5k-kp/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 9 --clock 20 --out bitstreams/ulx3s-85f/mnist5k-kp
+    qpsnn build bitstreams/ulx3s-85f/mnist5k-kp/model.qpsnn --board ulx3s-85f --lanes 16 --offsets 9 --clock 21.875 --out bitstreams/ulx3s-85f/mnist5k-kp
     qpsnn build --write-manifest
 
 # verify bitstreams/manifest.json against the files
