@@ -82,11 +82,15 @@ def test_a_design_over_the_parts_logic_is_refused_naming_the_cells(tmp_path):
 
 
 def test_memory_plan_reads_every_memory_of_the_design():
-    """The plan walks the elaborated design: nine interleaved membrane banks and nine weight copies (one per
-    bank) per kernel-parallel conv layer after the encoder, nine offset stores in the encoder, one region of the spike queue per timestep after the encoder."""
+    """The plan walks the elaborated design: nine interleaved membrane banks (in LUT RAM on the ULX3S, each
+    as chunks of 4 lanes: two at P=8) and nine weight copies (one per bank) per kernel-parallel conv layer
+    after the encoder, nine offset stores in the encoder, one region of the spike queue per timestep after
+    the encoder."""
     net = mnist_sized_net()
-    names = {m.name for m in design_memories(host_design(net, BOARDS["ulx3s-85f"], 8, 9))}
-    assert {f"processor.accel.layer1.membrane{k}" for k in range(9)} <= names
+    memories = design_memories(host_design(net, BOARDS["ulx3s-85f"], 8, 9))
+    names = {m.name for m in memories}
+    chunks = {f"processor.accel.layer1.membrane{k}.chunk{c}" for k in range(9) for c in range(2)}
+    assert chunks <= names and all(m.logic for m in memories if m.name in chunks)
     assert {f"processor.accel.layer1.weights.bank{k}.mem" for k in range(9)} <= names
     assert {f"processor.accel.layer0.weights.offset{k}.mem" for k in range(9)} <= names
     assert {f"processor.accel.layer1.queue.fifo{t}.storage" for t in range(4)} <= names
